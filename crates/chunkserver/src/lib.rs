@@ -1,0 +1,1 @@
+//! pikafs-chunkserver (in progress)

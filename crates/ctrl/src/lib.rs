@@ -1,0 +1,1 @@
+//! pikafs-ctrl (in progress)

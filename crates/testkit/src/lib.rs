@@ -1,0 +1,1 @@
+//! pikafs-testkit (in progress)

@@ -1,0 +1,1 @@
+//! pikafs-volume (in progress)
