@@ -1,0 +1,67 @@
+//! Runtime configuration of a chunkserver.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default data-path address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7100";
+/// Default ctrl endpoint.
+pub const DEFAULT_CTRL: &str = "http://127.0.0.1:7000";
+/// Default WAL volume between two checkpoints.
+pub const DEFAULT_CHECKPOINT_WAL_BYTES: u64 = 256 << 20;
+
+/// Everything `run` needs. `Default` holds production values.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data-path TCP address; also advertised to ctrl.
+    pub listen: SocketAddr,
+    /// Prometheus endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Holds `server_id`, `checkpoint`, `wal/` and `copysets/`.
+    pub data_dir: PathBuf,
+    /// ctrl gRPC endpoint, e.g. `http://127.0.0.1:7000`.
+    pub ctrl: String,
+    /// Period of heartbeats to ctrl.
+    pub heartbeat_interval: Duration,
+    /// Raft tick; election timeout is 10 ticks, heartbeat 2 ticks.
+    pub raft_tick: Duration,
+    /// Advertised capacity; 0 means the size of the file system of `data_dir`.
+    pub capacity_bytes: u64,
+    /// Checkpoint (and truncate the WAL) after this much WAL or every 30 s.
+    pub checkpoint_wal_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
+            metrics_listen: None,
+            data_dir: PathBuf::from("pikafs-data"),
+            ctrl: DEFAULT_CTRL.to_string(),
+            heartbeat_interval: Duration::from_secs(1),
+            raft_tick: Duration::from_millis(100),
+            capacity_bytes: 0,
+            checkpoint_wal_bytes: DEFAULT_CHECKPOINT_WAL_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Rejects values the server cannot run with.
+    ///
+    /// # Errors
+    /// A zero tick or heartbeat interval, or an empty ctrl endpoint.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.raft_tick.is_zero() {
+            return Err("raft_tick must be > 0".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("heartbeat_interval must be > 0".into());
+        }
+        if self.ctrl.is_empty() {
+            return Err("ctrl endpoint must be set".into());
+        }
+        Ok(())
+    }
+}

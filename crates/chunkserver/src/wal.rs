@@ -1,0 +1,614 @@
+//! The shared write-ahead log: one per server, written by the raft loop.
+//!
+//! Every copyset's raft entries and hard state go into the same log so one
+//! `fdatasync` commits a whole batch from many groups. Segment files
+//! `wal/<16-hex-seq>.log` are preallocated, so a zero length field marks the
+//! end of the written part. Record layout (little-endian):
+//!
+//! ```text
+//!  0       4       8          16     17
+//!  +-------+-------+----------+------+-----------------+
+//!  | len   | crc   | copyset  | kind | payload         |
+//!  | u32   | u32   | u64      | u8   | len - 9 bytes   |
+//!  +-------+-------+----------+------+-----------------+
+//! ```
+//!
+//! `len` counts copyset + kind + payload; `crc` is CRC32C of those bytes.
+//! Scanning stops at the first record whose length or CRC is bad: that is a
+//! torn write from a crash, and the tail after it was never acknowledged.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::{Buf, BufMut};
+use pikafs_proto::CopysetId;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
+
+use crate::error::WalError;
+use crate::metrics::Metrics;
+
+/// Size of a new segment; a batch larger than this gets a segment of its own.
+pub const SEGMENT_SIZE: u64 = 64 << 20;
+/// Bytes of the record header before the payload.
+pub const RECORD_HEADER: usize = 17;
+
+/// What a record's payload holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// `u32 count`, then `count × (u32 len, protobuf Entry)`.
+    Entries = 1,
+    /// protobuf `HardState`.
+    HardState = 2,
+    /// protobuf `SnapshotMetadata`: the log was reset to this snapshot.
+    Snapshot = 3,
+    /// empty: the copyset was (re)created; forget everything before.
+    Create = 4,
+}
+
+impl RecordKind {
+    fn from_u8(v: u8) -> Option<RecordKind> {
+        Some(match v {
+            1 => RecordKind::Entries,
+            2 => RecordKind::HardState,
+            3 => RecordKind::Snapshot,
+            4 => RecordKind::Create,
+            _ => return None,
+        })
+    }
+}
+
+/// One copyset's log as rebuilt from the WAL.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayedLog {
+    /// Contiguous entries, oldest first.
+    pub entries: Vec<Entry>,
+    /// The last hard state written.
+    pub hard_state: Option<HardState>,
+    /// The last snapshot installed (the log restarts after it).
+    pub snapshot: Option<SnapshotMetadata>,
+}
+
+impl ReplayedLog {
+    /// Applies "entries from `ents[0].index` on are these": a later record
+    /// replaces the tail of the log from its first index.
+    pub fn append(&mut self, ents: Vec<Entry>) {
+        let Some(first) = ents.first().map(|e| e.index) else {
+            return;
+        };
+        match (self.entries.first(), self.entries.last()) {
+            (Some(head), Some(tail)) if first > head.index && first <= tail.index + 1 => {
+                let keep = (first - head.index) as usize;
+                self.entries.truncate(keep);
+            }
+            // Empty log, overwrite of everything, or a gap (older records were
+            // deleted with their segment): the record starts a new log.
+            _ => self.entries.clear(),
+        }
+        self.entries.extend(ents);
+    }
+
+    /// Last index in the log (or of the snapshot), 0 if none.
+    pub fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map(|e| e.index)
+            .or(self.snapshot.as_ref().map(|s| s.index))
+            .unwrap_or(0)
+    }
+}
+
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// Highest entry index per copyset in this segment.
+    max_index: HashMap<CopysetId, u64>,
+}
+
+/// The open WAL. Not thread-safe: owned by the raft loop.
+pub struct Wal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    active: File,
+    active_off: u64,
+    active_cap: u64,
+    buf: Vec<u8>,
+    buf_records: u64,
+    buf_index: HashMap<CopysetId, u64>,
+    bytes_since_truncate: u64,
+    metrics: Metrics,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.log"))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn create_segment(dir: &Path, seq: u64, cap: u64) -> Result<File, WalError> {
+    let path = segment_path(dir, seq);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    preallocate(&f, cap).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    fsync_dir(dir)?;
+    Ok(f)
+}
+
+/// Reserves `len` zeroed bytes; falls back to `set_len` where the file
+/// system has no fallocate.
+pub(crate) fn preallocate(f: &File, len: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(_) => f.set_len(len),
+    }
+}
+
+fn decode_entries(copyset: CopysetId, mut p: &[u8]) -> Result<Vec<Entry>, WalError> {
+    let bad = |d: &str| WalError::BadRecord {
+        copyset,
+        detail: d.to_string(),
+    };
+    if p.len() < 4 {
+        return Err(bad("short entries count"));
+    }
+    let n = p.get_u32_le() as usize;
+    let mut out = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        if p.len() < 4 {
+            return Err(bad("short entry length"));
+        }
+        let len = p.get_u32_le() as usize;
+        if p.len() < len {
+            return Err(bad("short entry"));
+        }
+        let e = Entry::parse_from_bytes(&p[..len]).map_err(|e| bad(&e.to_string()))?;
+        p.advance(len);
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Result of scanning one segment.
+struct Scan {
+    /// Offset just past the last good record.
+    end: u64,
+    /// True when scanning stopped at a bad record rather than the clean end.
+    torn: bool,
+}
+
+fn scan_segment(
+    data: &[u8],
+    seg: &mut Segment,
+    logs: &mut HashMap<CopysetId, ReplayedLog>,
+) -> Result<Scan, WalError> {
+    let mut off = 0usize;
+    loop {
+        if off + 4 > data.len() {
+            return Ok(Scan {
+                end: off as u64,
+                torn: false,
+            });
+        }
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return Ok(Scan {
+                end: off as u64,
+                torn: false,
+            });
+        }
+        let torn = Scan {
+            end: off as u64,
+            torn: true,
+        };
+        if len < 9 || off + 8 + len > data.len() {
+            return Ok(torn);
+        }
+        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
+        let body = &data[off + 8..off + 8 + len];
+        if crc32c::crc32c(body) != crc {
+            return Ok(torn);
+        }
+        let copyset = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+        let Some(kind) = RecordKind::from_u8(body[8]) else {
+            return Ok(torn);
+        };
+        let payload = &body[9..];
+        let bad = |d: String| WalError::BadRecord { copyset, detail: d };
+        match kind {
+            RecordKind::Entries => {
+                let ents = decode_entries(copyset, payload)?;
+                if let Some(last) = ents.last() {
+                    let m = seg.max_index.entry(copyset).or_default();
+                    *m = (*m).max(last.index);
+                }
+                logs.entry(copyset).or_default().append(ents);
+            }
+            RecordKind::HardState => {
+                let hs = HardState::parse_from_bytes(payload).map_err(|e| bad(e.to_string()))?;
+                logs.entry(copyset).or_default().hard_state = Some(hs);
+            }
+            RecordKind::Snapshot => {
+                let meta =
+                    SnapshotMetadata::parse_from_bytes(payload).map_err(|e| bad(e.to_string()))?;
+                let log = logs.entry(copyset).or_default();
+                log.entries.clear();
+                log.snapshot = Some(meta);
+            }
+            RecordKind::Create => {
+                logs.insert(copyset, ReplayedLog::default());
+            }
+        }
+        off += 8 + len;
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`, replays every segment and starts
+    /// a fresh segment for new records. A torn tail is cut off durably.
+    ///
+    /// # Errors
+    /// IO errors, or a record with a valid CRC that does not decode (a bug,
+    /// not a crash artefact).
+    pub fn open(
+        dir: &Path,
+        metrics: Metrics,
+    ) -> Result<(Wal, HashMap<CopysetId, ReplayedLog>), WalError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut seqs = Vec::new();
+        for ent in fs::read_dir(dir).map_err(io(dir))? {
+            let ent = ent.map_err(io(dir))?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if let Some(hex) = name.strip_suffix(".log") {
+                if let Ok(seq) = u64::from_str_radix(hex, 16) {
+                    seqs.push(seq);
+                }
+            }
+        }
+        seqs.sort_unstable();
+        let mut logs = HashMap::new();
+        let mut segments = Vec::new();
+        let mut stop_at = None;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            let data = fs::read(&path).map_err(io(&path))?;
+            let mut seg = Segment {
+                seq,
+                path: path.clone(),
+                max_index: HashMap::new(),
+            };
+            let scan = scan_segment(&data, &mut seg, &mut logs)?;
+            segments.push(seg);
+            if scan.torn {
+                tracing::warn!(segment = %path.display(), offset = scan.end, "wal: torn record, dropping the tail");
+                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                f.write_all_at(&[0u8; 4], scan.end).map_err(io(&path))?;
+                f.sync_data().map_err(io(&path))?;
+                stop_at = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = stop_at {
+            for &seq in &seqs[i + 1..] {
+                let path = segment_path(dir, seq);
+                tracing::warn!(segment = %path.display(), "wal: removing segment after a torn record");
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        let seq = segments.last().map_or(1, |s| s.seq + 1);
+        let active = create_segment(dir, seq, SEGMENT_SIZE)?;
+        segments.push(Segment {
+            seq,
+            path: segment_path(dir, seq),
+            max_index: HashMap::new(),
+        });
+        Ok((
+            Wal {
+                dir: dir.to_path_buf(),
+                segments,
+                active,
+                active_off: 0,
+                active_cap: SEGMENT_SIZE,
+                buf: Vec::with_capacity(1 << 20),
+                buf_records: 0,
+                buf_index: HashMap::new(),
+                bytes_since_truncate: 0,
+                metrics,
+            },
+            logs,
+        ))
+    }
+
+    fn push(&mut self, copyset: CopysetId, kind: RecordKind, payload: &[u8]) {
+        let len = 9 + payload.len();
+        let start = self.buf.len();
+        self.buf.put_u32_le(len as u32);
+        self.buf.put_u32_le(0);
+        self.buf.put_u64_le(copyset);
+        self.buf.put_u8(kind as u8);
+        self.buf.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&self.buf[start + 8..]);
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.buf_records += 1;
+    }
+
+    /// Buffers the entries of one Ready.
+    pub fn append_entries(&mut self, copyset: CopysetId, ents: &[Entry]) {
+        let Some(last) = ents.last() else {
+            return;
+        };
+        let m = self.buf_index.entry(copyset).or_default();
+        *m = (*m).max(last.index);
+        let mut p = Vec::new();
+        p.put_u32_le(ents.len() as u32);
+        for e in ents {
+            let b = e.write_to_bytes().expect("in-memory entry encodes");
+            p.put_u32_le(b.len() as u32);
+            p.extend_from_slice(&b);
+        }
+        self.push(copyset, RecordKind::Entries, &p);
+    }
+
+    /// Buffers a hard state.
+    pub fn append_hard_state(&mut self, copyset: CopysetId, hs: &HardState) {
+        let b = hs.write_to_bytes().expect("in-memory hard state encodes");
+        self.push(copyset, RecordKind::HardState, &b);
+    }
+
+    /// Buffers "the log of `copyset` restarts after this snapshot".
+    pub fn append_snapshot(&mut self, copyset: CopysetId, meta: &SnapshotMetadata) {
+        let b = meta.write_to_bytes().expect("in-memory metadata encodes");
+        self.push(copyset, RecordKind::Snapshot, &b);
+    }
+
+    /// Buffers "`copyset` was (re)created: forget its older records".
+    pub fn append_create(&mut self, copyset: CopysetId) {
+        self.push(copyset, RecordKind::Create, &[]);
+    }
+
+    /// True when nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// WAL bytes written since the last [`Wal::truncate`].
+    pub fn bytes_since_truncate(&self) -> u64 {
+        self.bytes_since_truncate
+    }
+
+    /// Writes the buffered batch with one write and one `fdatasync`.
+    ///
+    /// # Errors
+    /// Any IO error. The caller must treat it as fatal: after a failed
+    /// fsync the page cache state is unknown.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let need = self.buf.len() as u64;
+        if self.active_off + need > self.active_cap {
+            let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+            let cap = SEGMENT_SIZE.max(need + 4096);
+            self.active = create_segment(&self.dir, seq, cap)?;
+            self.active_off = 0;
+            self.active_cap = cap;
+            self.segments.push(Segment {
+                seq,
+                path: segment_path(&self.dir, seq),
+                max_index: HashMap::new(),
+            });
+        }
+        let seg = self.segments.last_mut().expect("an active segment exists");
+        self.active
+            .write_all_at(&self.buf, self.active_off)
+            .map_err(io(&seg.path))?;
+        let t = Instant::now();
+        self.active.sync_data().map_err(io(&seg.path))?;
+        self.metrics
+            .wal_fsync_seconds
+            .observe(t.elapsed().as_secs_f64());
+        self.metrics
+            .wal_batch_records
+            .observe(self.buf_records as f64);
+        self.metrics.wal_bytes_total.inc_by(need);
+        for (cs, idx) in self.buf_index.drain() {
+            let m = seg.max_index.entry(cs).or_default();
+            *m = (*m).max(idx);
+        }
+        self.active_off += need;
+        self.bytes_since_truncate += need;
+        self.buf.clear();
+        self.buf_records = 0;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose entries are all at or below the
+    /// checkpointed applied index of their copyset (copysets absent from
+    /// `applied` no longer exist). Call only after the checkpoint holding
+    /// `applied` (and the hard states) is durable. Returns how many
+    /// segments were deleted.
+    ///
+    /// # Errors
+    /// IO errors while deleting.
+    pub fn truncate(&mut self, applied: &HashMap<CopysetId, u64>) -> Result<usize, WalError> {
+        let mut n = 0;
+        while self.segments.len() > 1 {
+            let seg = &self.segments[0];
+            let done = seg
+                .max_index
+                .iter()
+                .all(|(cs, max)| applied.get(cs).is_none_or(|a| max <= a));
+            if !done {
+                break;
+            }
+            fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+            self.segments.remove(0);
+            n += 1;
+        }
+        self.bytes_since_truncate = 0;
+        Ok(n)
+    }
+
+    /// Number of segment files, active one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(index: u64, term: u64, data: &[u8]) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = bytes::Bytes::copy_from_slice(data);
+        e
+    }
+
+    fn indexes(log: &ReplayedLog) -> Vec<(u64, u64)> {
+        log.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert!(logs.is_empty());
+        wal.append_entries(1, &[ent(1, 1, b"a"), ent(2, 1, b"b")]);
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 3;
+        hs.commit = 2;
+        wal.append_hard_state(1, &hs);
+        wal.append_entries(2, &[ent(7, 2, b"x")]);
+        wal.sync().unwrap();
+        wal.append_entries(1, &[ent(3, 1, b"c")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (_wal, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(logs[&1].entries[2].data.as_ref(), b"c");
+        assert_eq!(logs[&1].hard_state.as_ref().unwrap().vote, 3);
+        assert_eq!(indexes(&logs[&2]), vec![(7, 2)]);
+    }
+
+    #[test]
+    fn later_entries_overwrite_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        wal.append_entries(1, &[ent(1, 1, b""), ent(2, 1, b""), ent(3, 1, b""), ent(4, 1, b"")]);
+        wal.append_entries(1, &[ent(3, 2, b"new")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (mut wal, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 1), (2, 1), (3, 2)]);
+        // A record starting at or before the head replaces everything.
+        wal.append_entries(1, &[ent(1, 3, b"")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (mut wal, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 3)]);
+        // Create forgets earlier records; snapshot resets the log.
+        wal.append_create(1);
+        wal.append_entries(1, &[ent(9, 4, b"")]);
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 20;
+        meta.term = 5;
+        wal.append_snapshot(2, &meta);
+        wal.append_entries(2, &[ent(21, 5, b"")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(9, 4)]);
+        assert_eq!(logs[&2].snapshot.as_ref().unwrap().index, 20);
+        assert_eq!(indexes(&logs[&2]), vec![(21, 5)]);
+    }
+
+    fn write_three(dir: &Path) -> PathBuf {
+        let (mut wal, _) = Wal::open(dir, Metrics::unregistered()).unwrap();
+        for i in 1..=3 {
+            wal.append_entries(1, &[ent(i, 1, &[i as u8; 100])]);
+            wal.sync().unwrap();
+        }
+        wal.segments.last().unwrap().path.clone()
+    }
+
+    #[test]
+    fn torn_tail_by_truncation_keeps_earlier_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        // Cut the last record in half and zero the rest, like a crash that
+        // lost the end of the write.
+        let data = fs::read(&path).unwrap();
+        let rec = RECORD_HEADER + 4 + 4 + ent(3, 1, &[3; 100]).write_to_bytes().unwrap().len();
+        let cut = 3 * rec - rec / 2;
+        let mut short = data[..cut].to_vec();
+        short.resize(data.len(), 0);
+        // Keep the length field of the torn record so it looks plausible.
+        fs::write(&path, &short).unwrap();
+        let (mut wal, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 1), (2, 1)]);
+        // New records after the repair survive the next reopen.
+        wal.append_entries(1, &[ent(3, 2, b"again")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 1), (2, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn flipped_byte_in_last_record_drops_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        let rec = RECORD_HEADER + 4 + 4 + ent(3, 1, &[3; 100]).write_to_bytes().unwrap().len();
+        data[2 * rec + rec - 5] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let (_, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn truncate_deletes_only_fully_applied_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        wal.append_entries(1, &[ent(1, 1, b"")]);
+        wal.sync().unwrap();
+        drop(wal);
+        let (mut wal, _) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        wal.append_entries(1, &[ent(2, 1, b"")]);
+        wal.sync().unwrap();
+        assert_eq!(wal.segment_count(), 2);
+        let applied: HashMap<_, _> = [(1, 0)].into_iter().collect();
+        assert_eq!(wal.truncate(&applied).unwrap(), 0);
+        let applied: HashMap<_, _> = [(1, 1)].into_iter().collect();
+        assert_eq!(wal.truncate(&applied).unwrap(), 1);
+        // The active segment is never deleted.
+        let applied: HashMap<_, _> = [(1, 9)].into_iter().collect();
+        assert_eq!(wal.truncate(&applied).unwrap(), 0);
+        drop(wal);
+        let (_, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
+        assert_eq!(indexes(&logs[&1]), vec![(2, 1)]);
+    }
+}
