@@ -311,12 +311,8 @@ impl Drop for Cluster {
             p.kill();
         }
         if std::env::var_os("PIKAFS_KEEP_TEST_DIR").is_some() {
-            let path = self.dir.path().to_path_buf();
-            eprintln!("keeping {}", path.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
+            eprintln!("keeping {}", self.dir.path().display());
+            self.dir.disable_cleanup(true);
         }
     }
 }
