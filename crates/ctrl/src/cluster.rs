@@ -271,6 +271,7 @@ impl Cluster {
         self.apply_in_memory(batch);
         if let Some(s) = self.servers.get_mut(&id) {
             s.last_seen = now;
+            s.marked_down = false;
         }
         info!(server = id, addr, capacity_bytes, "server registered");
         Ok(id)
@@ -356,7 +357,12 @@ impl Cluster {
         })
     }
 
-    fn command(&self, cs: CopysetId, kind: copyset_command::Kind, members: &[ServerId]) -> CopysetCommand {
+    fn command(
+        &self,
+        cs: CopysetId,
+        kind: copyset_command::Kind,
+        members: &[ServerId],
+    ) -> CopysetCommand {
         CopysetCommand {
             copyset_id: cs,
             kind: kind as i32,
@@ -410,14 +416,21 @@ impl Cluster {
         }
         for cs in server.reports.keys() {
             if !self.copysets.contains_key(cs) {
-                debug!(server = sid, copyset = cs, "server reports an unknown copyset");
+                debug!(
+                    server = sid,
+                    copyset = cs,
+                    "server reports an unknown copyset"
+                );
             }
         }
         out
     }
 
     fn route(&self, cs: CopysetId, now: Instant) -> Result<CopysetRoute, CtrlError> {
-        let rec = self.copysets.get(&cs).ok_or(CtrlError::MissingCopyset(cs))?;
+        let rec = self
+            .copysets
+            .get(&cs)
+            .ok_or(CtrlError::MissingCopyset(cs))?;
         Ok(CopysetRoute {
             copyset_id: cs,
             members: rec.members.iter().map(|m| self.peer(*m)).collect(),
@@ -425,7 +438,12 @@ impl Cluster {
         })
     }
 
-    fn volume_info(&self, name: &str, v: &VolumeRecord, now: Instant) -> Result<VolumeInfo, CtrlError> {
+    fn volume_info(
+        &self,
+        name: &str,
+        v: &VolumeRecord,
+        now: Instant,
+    ) -> Result<VolumeInfo, CtrlError> {
         Ok(VolumeInfo {
             volume_id: v.id,
             name: name.to_owned(),
@@ -467,7 +485,7 @@ impl Cluster {
                 "volume size {size} is above the maximum of {MAX_VOLUME_SIZE} bytes"
             )));
         }
-        if size % SECTOR_SIZE as u64 != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE as u64) {
             return Err(CtrlError::InvalidArgument(format!(
                 "volume size {size} is not a multiple of {SECTOR_SIZE}"
             )));
@@ -476,7 +494,7 @@ impl Cluster {
     }
 
     /// Creates a volume over the least used healthy-enough copysets (a
-    /// quorum of members up), creating copysets first if there are none.
+    /// quorum of members up), placing missing copysets first.
     ///
     /// # Errors
     /// Bad name or size, the name exists, fewer than 3 servers up or no
@@ -497,9 +515,9 @@ impl Cluster {
         if up < REPLICAS {
             return Err(CtrlError::NotEnoughServers { up });
         }
-        if self.copysets.is_empty() {
-            self.place_copysets(now)?;
-        }
+        // Normally a no-op; places the first copysets when the check loop
+        // has not run since the servers came up.
+        self.place_copysets(now)?;
         let mut users: BTreeMap<CopysetId, usize> = BTreeMap::new();
         for v in self.volumes.values() {
             for cs in &v.copysets {
@@ -511,7 +529,11 @@ impl Cluster {
             .copysets
             .iter()
             .filter(|(_, rec)| {
-                rec.members.iter().filter(|m| self.server_up(**m, now)).count() >= quorum
+                rec.members
+                    .iter()
+                    .filter(|m| self.server_up(**m, now))
+                    .count()
+                    >= quorum
             })
             .map(|(id, _)| (*id, users.get(id).copied().unwrap_or(0)))
             .collect();
@@ -527,7 +549,10 @@ impl Cluster {
             created_unix_secs: unix_secs,
             copysets,
         };
-        self.commit(vec![counter, Mutation::Volume(name.to_owned(), rec.clone())])?;
+        self.commit(vec![
+            counter,
+            Mutation::Volume(name.to_owned(), rec.clone()),
+        ])?;
         info!(volume = id, name, size_bytes, copysets = ?rec.copysets, "volume created");
         self.volume_info(name, &rec, now)
     }
@@ -631,7 +656,10 @@ impl Cluster {
             copysets.push(CopysetStatus {
                 copyset_id: *cs,
                 members: rec.members.clone(),
-                voters: leader.as_ref().map(|l| l.state.voters.clone()).unwrap_or_default(),
+                voters: leader
+                    .as_ref()
+                    .map(|l| l.state.voters.clone())
+                    .unwrap_or_default(),
                 leader_id: leader.as_ref().map_or(0, |l| l.server),
                 term: leader.as_ref().map_or(0, |l| l.state.term),
                 commit_index: leader.as_ref().map_or(0, |l| l.state.commit_index),
@@ -691,7 +719,9 @@ impl Cluster {
                     bootstrapped: false,
                 },
             ));
-            next = next.checked_add(1).ok_or(CtrlError::IdsExhausted("copyset"))?;
+            next = next
+                .checked_add(1)
+                .ok_or(CtrlError::IdsExhausted("copyset"))?;
         }
         batch.push(Mutation::Counter(Counter::Copyset, next));
         self.commit(batch)?;
@@ -706,7 +736,12 @@ impl Cluster {
         let mut load = self.replica_counts();
         let mut batch = Vec::new();
         for (cs, rec) in &self.copysets {
-            let Some(dead) = rec.members.iter().copied().find(|m| !self.server_up(*m, now)) else {
+            let Some(dead) = rec
+                .members
+                .iter()
+                .copied()
+                .find(|m| !self.server_up(*m, now))
+            else {
                 continue;
             };
             // One change at a time: wait until the last one is applied, which
@@ -716,7 +751,10 @@ impl Cluster {
                 continue;
             };
             if !same_set(&leader.state.voters, &rec.members) {
-                debug!(copyset = cs, dead, "degraded, a membership change is in flight");
+                debug!(
+                    copyset = cs,
+                    dead, "degraded, a membership change is in flight"
+                );
                 continue;
             }
             let candidates: Vec<ServerId> = up
@@ -804,7 +842,12 @@ mod tests {
         Fixture { _dir: dir, c, t0 }
     }
 
-    fn hb(c: &mut Cluster, id: ServerId, states: Vec<CopysetState>, now: Instant) -> Vec<CopysetCommand> {
+    fn hb(
+        c: &mut Cluster,
+        id: ServerId,
+        states: Vec<CopysetState>,
+        now: Instant,
+    ) -> Vec<CopysetCommand> {
         c.heartbeat(
             HeartbeatRequest {
                 server_id: id,
@@ -822,7 +865,11 @@ mod tests {
     fn state(cs: CopysetId, leader: ServerId, me: ServerId, voters: &[ServerId]) -> CopysetState {
         CopysetState {
             copyset_id: cs,
-            role: if leader == me { Role::Leader } else { Role::Follower } as i32,
+            role: if leader == me {
+                Role::Leader
+            } else {
+                Role::Follower
+            } as i32,
             term: 2,
             leader_id: leader,
             commit_index: 5,
@@ -840,7 +887,10 @@ mod tests {
     fn three_servers_get_balanced_copysets_and_create_commands() {
         let mut f = fixture(2);
         for i in 0..3 {
-            assert_eq!(f.c.register(0, &format!("h:{}", i + 1), 1, f.t0).unwrap(), i + 1);
+            assert_eq!(
+                f.c.register(0, &format!("h:{}", i + 1), 1, f.t0).unwrap(),
+                i + 1
+            );
         }
         f.c.check(f.t0).unwrap();
         // 3 up servers * 2 / 3 = 2 copysets, each on all three servers.
@@ -931,7 +981,13 @@ mod tests {
         f.c.check(t1).unwrap();
         assert_eq!(f.c.copysets[&1].members, vec![1, 2, 3]);
         assert_eq!(f.c.metrics.copysets_degraded.get(), 1);
-        assert_eq!(f.c.metrics.servers.get_or_create(&vec![("state", "down")]).get(), 1);
+        assert_eq!(
+            f.c.metrics
+                .servers
+                .get_or_create(&vec![("state", "down")])
+                .get(),
+            1
+        );
     }
 
     #[test]
@@ -959,9 +1015,17 @@ mod tests {
         }
         assert!(f.c.create_volume("", CHUNK_SIZE, f.t0, 0).is_err());
         assert!(f.c.grow_volume("v", CHUNK_SIZE - 4096, f.t0).is_err());
-        assert_eq!(f.c.grow_volume("v", 2 * CHUNK_SIZE, f.t0).unwrap().size_bytes, 2 * CHUNK_SIZE);
+        assert_eq!(
+            f.c.grow_volume("v", 2 * CHUNK_SIZE, f.t0)
+                .unwrap()
+                .size_bytes,
+            2 * CHUNK_SIZE
+        );
         assert_eq!(f.c.bump_epoch("v", f.t0).unwrap().epoch, 2);
-        assert!(matches!(f.c.get_volume("x", f.t0), Err(CtrlError::VolumeNotFound(_))));
+        assert!(matches!(
+            f.c.get_volume("x", f.t0),
+            Err(CtrlError::VolumeNotFound(_))
+        ));
         f.c.delete_volume("v").unwrap();
         assert!(f.c.list_volumes(f.t0).unwrap().is_empty());
     }

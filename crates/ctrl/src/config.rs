@@ -35,7 +35,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
             metrics_listen: None,
             data_dir: PathBuf::from("ctrl-data"),
             server_lease: DEFAULT_SERVER_LEASE,

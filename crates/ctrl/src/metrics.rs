@@ -78,7 +78,10 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("pikafs_ctrl_servers{state=\"up\"} 3"), "{out}");
-        assert!(out.contains("pikafs_ctrl_servers{state=\"down\"} 1"), "{out}");
+        assert!(
+            out.contains("pikafs_ctrl_servers{state=\"down\"} 1"),
+            "{out}"
+        );
         assert!(out.contains("pikafs_ctrl_heartbeats_total 1"), "{out}");
         assert!(out.contains("pikafs_ctrl_replacements_total 0"), "{out}");
         assert!(out.contains("pikafs_ctrl_epoch_bumps_total 0"), "{out}");

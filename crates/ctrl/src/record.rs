@@ -285,7 +285,10 @@ mod tests {
     fn bad_fields_are_rejected() {
         let mut b = volume().encode();
         b[0] = 2;
-        assert!(VolumeRecord::decode(&b).unwrap_err().detail.contains("version"));
+        assert!(VolumeRecord::decode(&b)
+            .unwrap_err()
+            .detail
+            .contains("version"));
 
         let mut c = CopysetRecord {
             members: vec![1, 2, 3],

@@ -271,4 +271,30 @@ mod tests {
         assert_eq!(snap.volumes.len(), 1);
         assert_eq!(snap.volumes["v"].id, 1);
     }
+
+    #[test]
+    fn undecodable_record_fails_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctrl.redb");
+        drop(Store::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(COPYSETS).unwrap();
+                // Version 1, no flags, 2 members but only one id present.
+                let mut bad = vec![1u8, 0, 2];
+                bad.extend_from_slice(&5u64.to_le_bytes());
+                t.insert(7, bad.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        match Store::open(&path) {
+            Err(StoreError::Corrupt { table, key, .. }) => {
+                assert_eq!((table, key.as_str()), ("copysets", "7"));
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a corrupt record must not load"),
+        }
+    }
 }

@@ -24,7 +24,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, suffix) = t.split_at(split);
     let num: String = num.chars().filter(|c| *c != '_').collect();
     if num.is_empty() {
-        return Err(format!("{s:?} is not a size: expected a number like 4096 or 64MiB"));
+        return Err(format!(
+            "{s:?} is not a size: expected a number like 4096 or 64MiB"
+        ));
     }
     let n: u64 = num
         .parse()

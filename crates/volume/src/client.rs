@@ -20,6 +20,8 @@ use crate::layout::{split, Piece};
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 /// Longest pause between retries.
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Retries refresh the routing table at most this often.
+const RETRY_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 /// Bound on dialling ctrl, so a dead ctrl does not stall IO retries long.
 const CTRL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -68,6 +70,9 @@ struct Inner {
     ctrl: CtrlClient<Channel>,
     routing: RwLock<Routing>,
     pool: Pool,
+    /// When the last refresh triggered by a retry finished; serialises
+    /// those refreshes so a burst of failing pieces asks ctrl once.
+    retry_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// A handle on one volume. Cheap to clone; every clone shares the routing
@@ -176,6 +181,7 @@ impl VolumeClient {
                 ctrl,
                 routing: RwLock::new(routing),
                 pool: Pool::default(),
+                retry_refresh: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -241,6 +247,20 @@ impl VolumeClient {
         }
         *routing = fresh;
         Ok(())
+    }
+
+    /// A refresh on behalf of a retry: skipped when another finished
+    /// moments ago, and its errors ignored (ctrl may be down; IO goes on
+    /// with the cached table).
+    async fn refresh_for_retry(&self) {
+        let mut last = self.inner.retry_refresh.lock().await;
+        if last.is_some_and(|t| t.elapsed() < RETRY_REFRESH_INTERVAL) {
+            return;
+        }
+        if let Err(e) = self.refresh().await {
+            debug!(volume = self.inner.volume, error = %e, "refresh during retry failed");
+        }
+        *last = Some(Instant::now());
     }
 
     async fn check_range(&self, offset: u64, len: usize) -> Result<(), VolumeError> {
@@ -499,7 +519,7 @@ impl VolumeClient {
                                 if aux != 0 && aux != server {
                                     // A leader we do not know: membership
                                     // changed under us.
-                                    let _ = self.refresh().await;
+                                    self.refresh_for_retry().await;
                                 }
                                 self.set_leader(copyset, 0);
                                 want = self.next_member(copyset, server);
@@ -517,8 +537,7 @@ impl VolumeClient {
                             return Err(VolumeError::Corrupt { copyset, message })
                         }
                         ErrorCode::NoSuchCopyset => {
-                            // ctrl may be down; IO goes on with what we have.
-                            let _ = self.refresh().await;
+                            self.refresh_for_retry().await;
                             want = self.next_member(copyset, server);
                             true
                         }
@@ -750,5 +769,93 @@ mod tests {
             Err(VolumeError::OutOfRange { .. })
         ));
         assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    /// The byte a fake volume holds at `pos`: a pattern so misplaced
+    /// pieces show.
+    fn pattern(pos: u64) -> u8 {
+        (pos % 251) as u8
+    }
+
+    #[tokio::test]
+    async fn out_of_order_responses_are_reassembled_in_order() {
+        // Answers each request after a delay that shrinks with the request
+        // id, so responses overtake each other on the one connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (mut sink, mut stream) = Framed::new(sock, FrameCodec).split();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Some(f) = rx.recv().await {
+                    if sink.send(f).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(frame)) = stream.next().await {
+                let id = frame.id;
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(40u64.saturating_sub(id * 5))).await;
+                    let resp = match Request::from_frame(frame).unwrap() {
+                        Request::Read {
+                            chunk, offset, len, ..
+                        } => {
+                            let base = chunk * CHUNK_SIZE + offset as u64;
+                            Response::Data((0..len as u64).map(|i| pattern(base + i)).collect())
+                        }
+                        _ => Response::Ok,
+                    };
+                    let _ = tx.send(resp.to_frame(id)).await;
+                });
+            }
+        });
+        let c = client(vec![(1, addr)], 1, opts());
+        // 3.5 MiB, unaligned, across the chunk 0 / chunk 1 boundary.
+        let off = CHUNK_SIZE - (2 << 20) + 123;
+        let len = (7 << 20) / 2;
+        let data = c.read(off, len).await.unwrap();
+        assert_eq!(data.len(), len);
+        for (i, b) in data.iter().enumerate() {
+            assert_eq!(*b, pattern(off + i as u64), "byte {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn busy_is_retried_on_the_same_member_and_hangup_moves_on() {
+        let log: Log = Arc::default();
+        let busy = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let b = busy.clone();
+        let a1 = fake_server(1, log.clone(), move |_| {
+            if b.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                Response::error(ErrorCode::Busy, 0, "queue full")
+            } else {
+                Response::Ok
+            }
+        })
+        .await;
+        let c = client(vec![(1, a1)], 1, opts());
+        c.write(0, b"x").await.unwrap();
+        assert_eq!(busy.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        // Server 1 accepts and hangs up on every request; server 2 serves.
+        let hangup = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a_hang = hangup.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = hangup.accept().await {
+                tokio::spawn(async move {
+                    let mut framed = Framed::new(sock, FrameCodec);
+                    let _ = framed.next().await;
+                    drop(framed);
+                });
+            }
+        });
+        let a2 = fake_server(2, log.clone(), |_| Response::Ok).await;
+        let c = client(vec![(1, a_hang), (2, a2)], 1, opts());
+        c.write(0, b"y").await.unwrap();
+        let seen = log.lock().unwrap();
+        assert_eq!(seen.last().map(|s| s.0), Some(2), "{seen:?}");
     }
 }

@@ -258,8 +258,19 @@ async fn read_loop(
     fail_all(&addr, &pending, &dead, &message);
 }
 
+/// After a failed dial, callers within this window get the same error
+/// instead of dialling again, so a burst of requests to a dead or
+/// black-holed server does not queue up one dial timeout each.
+const DIAL_FAILURE_MEMORY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Default)]
+struct SlotState {
+    conn: Option<Arc<Connection>>,
+    last_failure: Option<(std::time::Instant, ConnError)>,
+}
+
 /// The connection to one address; the async lock serialises dialling.
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// Connections by address, dialled lazily and replaced when dead.
 #[derive(Debug, Default)]
@@ -272,20 +283,42 @@ impl Pool {
     /// callers for the same address wait for one dial.
     ///
     /// # Errors
-    /// [`ConnError::Connect`].
+    /// [`ConnError::Connect`], also when a dial failed moments ago.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dial cut short leaves the slot empty.
     pub async fn get(&self, addr: &str, timeout: Duration) -> Result<Arc<Connection>, ConnError> {
         let slot = {
             let mut slots = self.slots.lock().expect("pool lock poisoned");
             slots.entry(addr.to_string()).or_default().clone()
         };
-        let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref() {
+        let mut slot = tokio::time::timeout(timeout, slot.lock())
+            .await
+            .map_err(|_| ConnError::Connect {
+                addr: addr.to_string(),
+                message: format!("another dial still pending after {timeout:?}"),
+            })?;
+        if let Some(c) = slot.conn.as_ref() {
             if !c.is_dead() {
                 return Ok(c.clone());
             }
         }
-        let c = Connection::dial(addr, timeout).await?;
-        *slot = Some(c.clone());
-        Ok(c)
+        if let Some((at, err)) = &slot.last_failure {
+            if at.elapsed() < DIAL_FAILURE_MEMORY {
+                return Err(err.clone());
+            }
+        }
+        match Connection::dial(addr, timeout).await {
+            Ok(c) => {
+                slot.conn = Some(c.clone());
+                slot.last_failure = None;
+                Ok(c)
+            }
+            Err(e) => {
+                slot.conn = None;
+                slot.last_failure = Some((std::time::Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 }

@@ -114,8 +114,7 @@ async fn client_level_errors_and_unaligned_io() {
     // Unknown volume.
     let err = VolumeClient::open(&cluster.ctrl_url(), "nope", OpenOptions::default())
         .await
-        .err()
-        .expect("opening an unknown volume fails");
+        .expect_err("opening an unknown volume fails");
     assert!(matches!(err, VolumeError::NotFound { .. }), "{err:?}");
 
     // A write past the end of a chunk, straight to every member.
