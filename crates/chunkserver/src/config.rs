@@ -47,20 +47,25 @@ impl Default for Config {
     }
 }
 
+/// A configuration value the server cannot run with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid chunkserver config: {0}")]
+pub struct ConfigError(pub &'static str);
+
 impl Config {
     /// Rejects values the server cannot run with.
     ///
     /// # Errors
     /// A zero tick or heartbeat interval, or an empty ctrl endpoint.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.raft_tick.is_zero() {
-            return Err("raft_tick must be > 0".into());
+            return Err(ConfigError("raft_tick must be > 0"));
         }
         if self.heartbeat_interval.is_zero() {
-            return Err("heartbeat_interval must be > 0".into());
+            return Err(ConfigError("heartbeat_interval must be > 0"));
         }
         if self.ctrl.is_empty() {
-            return Err("ctrl endpoint must be set".into());
+            return Err(ConfigError("ctrl endpoint must be set"));
         }
         Ok(())
     }

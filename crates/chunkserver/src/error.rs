@@ -32,8 +32,6 @@ pub enum ChunkError {
     },
     #[error("range {offset}+{len} is outside the chunk")]
     OutOfRange { offset: u64, len: u64 },
-    #[error("crc file {path} is malformed")]
-    BadCrcFile { path: String },
     #[error("not enough free space for a new chunk")]
     NoSpace,
 }
@@ -49,4 +47,6 @@ pub enum CheckpointError {
     },
     #[error("checkpoint is malformed: {0}")]
     Malformed(String),
+    #[error("chunk sync before checkpoint: {0}")]
+    Chunk(#[from] ChunkError),
 }

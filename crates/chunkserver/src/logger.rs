@@ -23,6 +23,20 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // raft logs whole entries at debug level; formatting a 1 MiB entry
+        // costs milliseconds, so check before formatting anything.
+        let enabled = match record.level() {
+            Level::Critical => tracing::enabled!(target: "raft", tracing::Level::ERROR),
+            Level::Error | Level::Warning => {
+                tracing::enabled!(target: "raft", tracing::Level::WARN)
+            }
+            Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+            Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut kv = KvText(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);

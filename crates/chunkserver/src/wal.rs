@@ -120,6 +120,10 @@ pub struct Wal {
     buf_records: u64,
     buf_index: HashMap<CopysetId, u64>,
     bytes_since_truncate: u64,
+    /// A buffered record must be durable before the batch is acknowledged.
+    need_sync: bool,
+    /// Bytes were written to the active segment since its last fdatasync.
+    active_unsynced: bool,
     metrics: Metrics,
 }
 
@@ -300,7 +304,10 @@ impl Wal {
             segments.push(seg);
             if scan.torn {
                 tracing::warn!(segment = %path.display(), offset = scan.end, "wal: torn record, dropping the tail");
-                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
                 f.write_all_at(&[0u8; 4], scan.end).map_err(io(&path))?;
                 f.sync_data().map_err(io(&path))?;
                 stop_at = Some(i);
@@ -332,23 +339,38 @@ impl Wal {
                 buf_records: 0,
                 buf_index: HashMap::new(),
                 bytes_since_truncate: 0,
+                need_sync: false,
+                active_unsynced: false,
                 metrics,
             },
             logs,
         ))
     }
 
-    fn push(&mut self, copyset: CopysetId, kind: RecordKind, payload: &[u8]) {
-        let len = 9 + payload.len();
+    fn begin(&mut self, copyset: CopysetId, kind: RecordKind) -> usize {
         let start = self.buf.len();
-        self.buf.put_u32_le(len as u32);
+        self.buf.put_u32_le(0);
         self.buf.put_u32_le(0);
         self.buf.put_u64_le(copyset);
         self.buf.put_u8(kind as u8);
-        self.buf.extend_from_slice(payload);
+        start
+    }
+
+    fn finish(&mut self, start: usize, kind: RecordKind) {
+        let len = (self.buf.len() - start - 8) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         let crc = crc32c::crc32c(&self.buf[start + 8..]);
         self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         self.buf_records += 1;
+        if kind != RecordKind::HardState {
+            self.need_sync = true;
+        }
+    }
+
+    fn push(&mut self, copyset: CopysetId, kind: RecordKind, payload: &[u8]) {
+        let start = self.begin(copyset, kind);
+        self.buf.extend_from_slice(payload);
+        self.finish(start, kind);
     }
 
     /// Buffers the entries of one Ready.
@@ -358,20 +380,24 @@ impl Wal {
         };
         let m = self.buf_index.entry(copyset).or_default();
         *m = (*m).max(last.index);
-        let mut p = Vec::new();
-        p.put_u32_le(ents.len() as u32);
+        // Encoded straight into the reused batch buffer: entries can be
+        // 1 MiB each, and every extra copy shows in write latency.
+        let start = self.begin(copyset, RecordKind::Entries);
+        self.buf.put_u32_le(ents.len() as u32);
         for e in ents {
-            let b = e.write_to_bytes().expect("in-memory entry encodes");
-            p.put_u32_le(b.len() as u32);
-            p.extend_from_slice(&b);
+            self.buf.put_u32_le(e.compute_size());
+            e.write_to_vec(&mut self.buf)
+                .expect("in-memory entry encodes");
         }
-        self.push(copyset, RecordKind::Entries, &p);
+        self.finish(start, RecordKind::Entries);
     }
 
-    /// Buffers a hard state.
-    pub fn append_hard_state(&mut self, copyset: CopysetId, hs: &HardState) {
+    /// Buffers a hard state; `durable` when the batch must be synced for it
+    /// (term or vote changed, raft's `must_sync`).
+    pub fn append_hard_state(&mut self, copyset: CopysetId, hs: &HardState, durable: bool) {
         let b = hs.write_to_bytes().expect("in-memory hard state encodes");
         self.push(copyset, RecordKind::HardState, &b);
+        self.need_sync |= durable;
     }
 
     /// Buffers "the log of `copyset` restarts after this snapshot".
@@ -395,63 +421,97 @@ impl Wal {
         self.bytes_since_truncate
     }
 
-    /// Writes the buffered batch with one write and one `fdatasync`.
+    /// Writes the buffered batch with one write, then one `fdatasync` if
+    /// any buffered record must be durable (entries, snapshot, create, or a
+    /// hard state whose term or vote changed). A batch holding only commit
+    /// index updates is written but not synced: losing it is harmless
+    /// (raft relearns the commit index) and the next synced batch covers it.
     ///
     /// # Errors
     /// Any IO error. The caller must treat it as fatal: after a failed
     /// fsync the page cache state is unknown.
     pub fn sync(&mut self) -> Result<(), WalError> {
-        if self.buf.is_empty() {
-            return Ok(());
+        self.write_batch(false)
+    }
+
+    /// Like [`Wal::sync`] but always fdatasyncs what was written.
+    ///
+    /// # Errors
+    /// As [`Wal::sync`].
+    pub fn sync_all(&mut self) -> Result<(), WalError> {
+        self.write_batch(true)
+    }
+
+    fn write_batch(&mut self, force: bool) -> Result<(), WalError> {
+        if !self.buf.is_empty() {
+            let need = self.buf.len() as u64;
+            if self.active_off + need > self.active_cap {
+                if self.active_unsynced {
+                    // Never leave a hole: records in a later segment must
+                    // not be durable while earlier ones are not.
+                    let path = &self.segments.last().expect("an active segment exists").path;
+                    self.active.sync_data().map_err(io(path))?;
+                    self.active_unsynced = false;
+                }
+                let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+                let cap = SEGMENT_SIZE.max(need + 4096);
+                self.active = create_segment(&self.dir, seq, cap)?;
+                self.active_off = 0;
+                self.active_cap = cap;
+                self.segments.push(Segment {
+                    seq,
+                    path: segment_path(&self.dir, seq),
+                    max_index: HashMap::new(),
+                });
+            }
+            let seg = self.segments.last_mut().expect("an active segment exists");
+            self.active
+                .write_all_at(&self.buf, self.active_off)
+                .map_err(io(&seg.path))?;
+            self.metrics
+                .wal_batch_records
+                .observe(self.buf_records as f64);
+            self.metrics.wal_bytes_total.inc_by(need);
+            for (cs, idx) in self.buf_index.drain() {
+                let m = seg.max_index.entry(cs).or_default();
+                *m = (*m).max(idx);
+            }
+            self.active_off += need;
+            self.bytes_since_truncate += need;
+            self.buf.clear();
+            self.buf_records = 0;
+            self.active_unsynced = true;
         }
-        let need = self.buf.len() as u64;
-        if self.active_off + need > self.active_cap {
-            let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-            let cap = SEGMENT_SIZE.max(need + 4096);
-            self.active = create_segment(&self.dir, seq, cap)?;
-            self.active_off = 0;
-            self.active_cap = cap;
-            self.segments.push(Segment {
-                seq,
-                path: segment_path(&self.dir, seq),
-                max_index: HashMap::new(),
-            });
+        if self.active_unsynced && (force || self.need_sync) {
+            let path = &self.segments.last().expect("an active segment exists").path;
+            let t = Instant::now();
+            self.active.sync_data().map_err(io(path))?;
+            self.metrics
+                .wal_fsync_seconds
+                .observe(t.elapsed().as_secs_f64());
+            self.active_unsynced = false;
         }
-        let seg = self.segments.last_mut().expect("an active segment exists");
-        self.active
-            .write_all_at(&self.buf, self.active_off)
-            .map_err(io(&seg.path))?;
-        let t = Instant::now();
-        self.active.sync_data().map_err(io(&seg.path))?;
-        self.metrics
-            .wal_fsync_seconds
-            .observe(t.elapsed().as_secs_f64());
-        self.metrics
-            .wal_batch_records
-            .observe(self.buf_records as f64);
-        self.metrics.wal_bytes_total.inc_by(need);
-        for (cs, idx) in self.buf_index.drain() {
-            let m = seg.max_index.entry(cs).or_default();
-            *m = (*m).max(idx);
-        }
-        self.active_off += need;
-        self.bytes_since_truncate += need;
-        self.buf.clear();
-        self.buf_records = 0;
+        self.need_sync = false;
         Ok(())
     }
 
     /// Deletes the oldest segments whose entries are all at or below the
     /// checkpointed applied index of their copyset (copysets absent from
-    /// `applied` no longer exist). Call only after the checkpoint holding
-    /// `applied` (and the hard states) is durable. Returns how many
+    /// `applied` no longer exist), among segments numbered below
+    /// `below_seq` — the active segment when the checkpoint's state was
+    /// captured, so every deleted record predates it (its hard states are
+    /// covered). Call only after that checkpoint is durable. Returns how many
     /// segments were deleted.
     ///
     /// # Errors
     /// IO errors while deleting.
-    pub fn truncate(&mut self, applied: &HashMap<CopysetId, u64>) -> Result<usize, WalError> {
+    pub fn truncate(
+        &mut self,
+        applied: &HashMap<CopysetId, u64>,
+        below_seq: u64,
+    ) -> Result<usize, WalError> {
         let mut n = 0;
-        while self.segments.len() > 1 {
+        while self.segments.len() > 1 && self.segments[0].seq < below_seq {
             let seg = &self.segments[0];
             let done = seg
                 .max_index
@@ -466,6 +526,11 @@ impl Wal {
         }
         self.bytes_since_truncate = 0;
         Ok(n)
+    }
+
+    /// Sequence number of the active segment.
+    pub fn active_seq(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.seq)
     }
 
     /// Number of segment files, active one included.
@@ -500,7 +565,7 @@ mod tests {
         hs.term = 1;
         hs.vote = 3;
         hs.commit = 2;
-        wal.append_hard_state(1, &hs);
+        wal.append_hard_state(1, &hs, true);
         wal.append_entries(2, &[ent(7, 2, b"x")]);
         wal.sync().unwrap();
         wal.append_entries(1, &[ent(3, 1, b"c")]);
@@ -517,7 +582,15 @@ mod tests {
     fn later_entries_overwrite_the_tail() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
-        wal.append_entries(1, &[ent(1, 1, b""), ent(2, 1, b""), ent(3, 1, b""), ent(4, 1, b"")]);
+        wal.append_entries(
+            1,
+            &[
+                ent(1, 1, b""),
+                ent(2, 1, b""),
+                ent(3, 1, b""),
+                ent(4, 1, b""),
+            ],
+        );
         wal.append_entries(1, &[ent(3, 2, b"new")]);
         wal.sync().unwrap();
         drop(wal);
@@ -601,12 +674,15 @@ mod tests {
         wal.sync().unwrap();
         assert_eq!(wal.segment_count(), 2);
         let applied: HashMap<_, _> = [(1, 0)].into_iter().collect();
-        assert_eq!(wal.truncate(&applied).unwrap(), 0);
+        assert_eq!(wal.truncate(&applied, u64::MAX).unwrap(), 0);
         let applied: HashMap<_, _> = [(1, 1)].into_iter().collect();
-        assert_eq!(wal.truncate(&applied).unwrap(), 1);
+        // Segments written after the checkpoint's state was captured stay.
+        let first = wal.segments[0].seq;
+        assert_eq!(wal.truncate(&applied, first).unwrap(), 0);
+        assert_eq!(wal.truncate(&applied, u64::MAX).unwrap(), 1);
         // The active segment is never deleted.
         let applied: HashMap<_, _> = [(1, 9)].into_iter().collect();
-        assert_eq!(wal.truncate(&applied).unwrap(), 0);
+        assert_eq!(wal.truncate(&applied, u64::MAX).unwrap(), 0);
         drop(wal);
         let (_, logs) = Wal::open(dir.path(), Metrics::unregistered()).unwrap();
         assert_eq!(indexes(&logs[&1]), vec![(2, 1)]);

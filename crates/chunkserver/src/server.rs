@@ -1,0 +1,571 @@
+//! The data-path server: framed TCP, many requests in flight per connection.
+//!
+//! Writes and linearizable reads go through the raft loop's inbox; local
+//! reads (`ReadLocal`, `ListChunks`) go straight to the chunk store. A bad
+//! frame closes only its own connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use pikafs_proto::msg::MAX_CHUNK_LIST;
+use pikafs_proto::{ErrorCode, Frame, FrameCodec, Request, Response, CHUNK_SIZE, SECTOR_SIZE};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::chunk::ChunkStore;
+use crate::copyset::{Command, ReadGrant};
+use crate::error::ChunkError;
+use crate::inbox::{Inbox, InboxMsg};
+use crate::metrics::OpLabel;
+use crate::snapshot::PeerClient;
+use crate::Shared;
+
+/// A request not answered within this time gets `Timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses queued per connection.
+pub const CONN_QUEUE: usize = 1024;
+
+/// What request handlers need.
+#[derive(Clone)]
+pub struct ServerCtx {
+    pub shared: Arc<Shared>,
+    pub inbox: Inbox,
+}
+
+/// Accepts connections until `cancel`; each gets its own task.
+///
+/// # Cancel safety
+/// Meant to be spawned; returns when `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: ServerCtx,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut conn_id = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                conn_id += 1;
+                let _ = sock.set_nodelay(true);
+                let span = tracing::debug_span!("conn", conn = conn_id, %peer);
+                tracker.spawn(
+                    connection(sock, ctx.clone(), cancel.clone(), tracker.clone()).instrument(span),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    sock: TcpStream,
+    ctx: ServerCtx,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let (mut sink, mut stream) = Framed::new(sock, FrameCodec).split();
+    let (tx, mut rx) = mpsc::channel::<Frame>(CONN_QUEUE);
+    let writer = tracker.spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if sink.feed(f).await.is_err() {
+                return;
+            }
+            while let Ok(f) = rx.try_recv() {
+                if sink.feed(f).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            n = stream.next() => n,
+        };
+        let frame = match next {
+            None => {
+                tracing::debug!("client hung up");
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "bad frame; closing connection");
+                let _ = tx
+                    .send(Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0))
+                    .await;
+                break;
+            }
+            Some(Ok(f)) => f,
+        };
+        let id = frame.id;
+        let req = match Request::from_frame(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(error = %e, "undecodable request; closing connection");
+                let _ = tx
+                    .send(Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0))
+                    .await;
+                break;
+            }
+        };
+        if let Request::RaftBatch { from, msgs } = req {
+            raft_batch(&ctx, from, msgs);
+            continue;
+        }
+        let ctx = ctx.clone();
+        let tx = tx.clone();
+        tracker.spawn(async move {
+            let op = op_name(&req);
+            let start = Instant::now();
+            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&ctx, req)).await {
+                Ok(r) => r,
+                Err(_) => Response::error(ErrorCode::Timeout, 0, "request timed out"),
+            };
+            let label = OpLabel { op };
+            ctx.shared
+                .metrics
+                .requests_total
+                .get_or_create(&label)
+                .inc();
+            ctx.shared
+                .metrics
+                .request_seconds
+                .get_or_create(&label)
+                .observe(start.elapsed().as_secs_f64());
+            let _ = tx.send(resp.to_frame(id)).await;
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn op_name(req: &Request) -> &'static str {
+    match req {
+        Request::Ping => "ping",
+        Request::Write { .. } => "write",
+        Request::Read { .. } => "read",
+        Request::Fence { .. } => "fence",
+        Request::RaftBatch { .. } => "raft_batch",
+        Request::ReadLocal { .. } => "read_local",
+        Request::ListChunks { .. } => "list_chunks",
+    }
+}
+
+fn raft_batch(ctx: &ServerCtx, from: u64, msgs: Vec<(u64, bytes::Bytes)>) {
+    let mut decoded = Vec::with_capacity(msgs.len());
+    for (cs, b) in msgs {
+        match Message::parse_from_bytes(&b) {
+            Ok(m) => decoded.push((cs, m)),
+            Err(e) => {
+                tracing::info!(from, copyset = cs, error = %e, "undecodable raft message dropped")
+            }
+        }
+    }
+    if ctx
+        .inbox
+        .try_send(InboxMsg::Raft {
+            from,
+            msgs: decoded,
+        })
+        .is_err()
+    {
+        // Raft retransmits; a full inbox must not stall the connection.
+        ctx.shared.metrics.raft_messages_dropped_total.inc();
+    }
+}
+
+fn busy() -> Response {
+    Response::error(ErrorCode::Busy, 0, "raft loop inbox full")
+}
+
+fn range_ok(offset: u32, len: usize) -> bool {
+    offset as u64 + len as u64 <= CHUNK_SIZE
+}
+
+async fn propose(ctx: &ServerCtx, copyset: u64, cmd: Command) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if ctx
+        .inbox
+        .try_send(InboxMsg::Propose {
+            copyset,
+            cmd,
+            resp: Some(tx),
+        })
+        .is_err()
+    {
+        return busy();
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::error(ErrorCode::ShuttingDown, 0, "server stopping"))
+}
+
+async fn read_store(
+    store: Arc<ChunkStore>,
+    volume: u64,
+    chunk: u64,
+    offset: u32,
+    len: u32,
+) -> Response {
+    read_or_corrupt_sector(store, volume, chunk, offset, len)
+        .await
+        .unwrap_or_else(|(_, resp)| resp)
+}
+
+/// Like [`read_store`], but a CRC failure comes back as `Err((sector,
+/// response))` so the caller may repair that sector.
+async fn read_or_corrupt_sector(
+    store: Arc<ChunkStore>,
+    volume: u64,
+    chunk: u64,
+    offset: u32,
+    len: u32,
+) -> Result<Response, (usize, Response)> {
+    let r =
+        tokio::task::spawn_blocking(move || store.read(volume, chunk, offset as u64, len as usize))
+            .await;
+    Ok(match r {
+        Ok(Ok(d)) => Response::Data(d),
+        Ok(Err(e @ ChunkError::Corrupt { sector, .. })) => {
+            return Err((
+                sector,
+                Response::error(ErrorCode::Corrupt, 0, e.to_string()),
+            ));
+        }
+        Ok(Err(e @ ChunkError::OutOfRange { .. })) => {
+            Response::error(ErrorCode::OutOfRange, 0, e.to_string())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "chunk read failed");
+            Response::error(ErrorCode::Io, 0, e.to_string())
+        }
+        Err(e) => Response::error(ErrorCode::Internal, 0, e.to_string()),
+    })
+}
+
+/// Sectors one read may repair before giving up with `Corrupt`.
+const MAX_REPAIRS_PER_READ: usize = 16;
+
+/// A leader read that repairs corrupt sectors from the other voters: a
+/// copy is accepted only if it matches the CRC the leader expects for the
+/// sector now, so a stale replica cannot feed it old bytes.
+async fn read_repairing(
+    ctx: &ServerCtx,
+    copyset: u64,
+    grant: ReadGrant,
+    volume: u64,
+    chunk: u64,
+    offset: u32,
+    len: u32,
+) -> Response {
+    let mut repaired = 0;
+    loop {
+        let store = grant.store.clone();
+        let (sector, resp) = match read_or_corrupt_sector(store, volume, chunk, offset, len).await {
+            Ok(resp) => return resp,
+            Err(bad) => bad,
+        };
+        if repaired >= MAX_REPAIRS_PER_READ
+            || !repair_from_peers(ctx, copyset, &grant, volume, chunk, sector).await
+        {
+            return resp;
+        }
+        repaired += 1;
+    }
+}
+
+async fn repair_from_peers(
+    ctx: &ServerCtx,
+    copyset: u64,
+    grant: &ReadGrant,
+    volume: u64,
+    chunk: u64,
+    sector: usize,
+) -> bool {
+    for &peer in &grant.peers {
+        let Some(addr) = ctx.shared.peer_addr(peer) else {
+            continue;
+        };
+        let req = Request::ReadLocal {
+            copyset,
+            volume,
+            chunk,
+            offset: (sector * SECTOR_SIZE) as u32,
+            len: SECTOR_SIZE as u32,
+        };
+        let data = match PeerClient::connect(&addr).await {
+            Ok(mut c) => match c.call(req).await {
+                Ok(Response::Data(d)) => d,
+                _ => continue,
+            },
+            Err(_) => continue,
+        };
+        let store = grant.store.clone();
+        let r =
+            tokio::task::spawn_blocking(move || store.repair_sector(volume, chunk, sector, &data))
+                .await;
+        match r {
+            Ok(Ok(true)) => {
+                ctx.shared.metrics.crc_repairs_total.inc();
+                return true;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(copyset, volume, chunk, sector, error = %e, "writing a repaired sector failed");
+                return false;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+async fn handle(ctx: &ServerCtx, req: Request) -> Response {
+    match req {
+        Request::Ping => Response::Ok,
+        Request::Write {
+            copyset,
+            volume,
+            epoch,
+            chunk,
+            offset,
+            data,
+        } => {
+            if !range_ok(offset, data.len()) {
+                return Response::error(ErrorCode::OutOfRange, 0, "write outside the chunk");
+            }
+            if data.is_empty() {
+                return match ctx.shared.store(copyset) {
+                    Some(_) => Response::Ok,
+                    None => no_such(copyset),
+                };
+            }
+            propose(
+                ctx,
+                copyset,
+                Command::Write {
+                    volume,
+                    epoch,
+                    chunk,
+                    offset,
+                    data,
+                },
+            )
+            .await
+        }
+        Request::Fence {
+            copyset,
+            volume,
+            epoch,
+        } => propose(ctx, copyset, Command::Fence { volume, epoch }).await,
+        Request::Read {
+            copyset,
+            volume,
+            chunk,
+            offset,
+            len,
+        } => {
+            if !range_ok(offset, len as usize) {
+                return Response::error(ErrorCode::OutOfRange, 0, "read outside the chunk");
+            }
+            let (tx, rx) = oneshot::channel();
+            if ctx
+                .inbox
+                .try_send(InboxMsg::Read { copyset, resp: tx })
+                .is_err()
+            {
+                return busy();
+            }
+            match rx.await {
+                Ok(Ok(grant)) => {
+                    read_repairing(ctx, copyset, grant, volume, chunk, offset, len).await
+                }
+                Ok(Err(resp)) => resp,
+                Err(_) => Response::error(ErrorCode::ShuttingDown, 0, "server stopping"),
+            }
+        }
+        Request::ReadLocal {
+            copyset,
+            volume,
+            chunk,
+            offset,
+            len,
+        } => {
+            if !range_ok(offset, len as usize) {
+                return Response::error(ErrorCode::OutOfRange, 0, "read outside the chunk");
+            }
+            match ctx.shared.store(copyset) {
+                Some(store) => read_store(store, volume, chunk, offset, len).await,
+                None => no_such(copyset),
+            }
+        }
+        Request::ListChunks { copyset } => match ctx.shared.store(copyset) {
+            Some(store) => {
+                let mut list = store.list();
+                list.truncate(MAX_CHUNK_LIST);
+                Response::Chunks(list)
+            }
+            None => no_such(copyset),
+        },
+        Request::RaftBatch { .. } => {
+            Response::error(ErrorCode::BadRequest, 0, "raft batch is one-way")
+        }
+    }
+}
+
+fn no_such(copyset: u64) -> Response {
+    Response::error(
+        ErrorCode::NoSuchCopyset,
+        0,
+        format!("no replica of copyset {copyset}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbox::inbox;
+    use crate::metrics::Metrics;
+    use crate::snapshot::{PeerClient, PeerError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start() -> (
+        String,
+        Inbox,
+        crate::inbox::InboxRx,
+        tempfile::TempDir,
+        CancellationToken,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::unregistered();
+        let shared = Arc::new(Shared::new(1, dir.path().to_path_buf(), 0, metrics.clone()));
+        let store = ChunkStore::open(&dir.path().join("cs5"), metrics.clone()).unwrap();
+        store.write(2, 0, 10, b"local", true).unwrap();
+        shared.stores.write().unwrap().insert(5, Arc::new(store));
+        let (inbox, rx) = inbox(metrics.inbox_depth.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cancel = CancellationToken::new();
+        let ctx = ServerCtx {
+            shared,
+            inbox: inbox.clone(),
+        };
+        tokio::spawn(serve(listener, ctx, cancel.clone(), TaskTracker::new()));
+        (addr, inbox, rx, dir, cancel)
+    }
+
+    #[tokio::test]
+    async fn local_requests_busy_and_bad_frames() {
+        let (addr, inbox, _rx, _dir, cancel) = start().await;
+        let mut c = PeerClient::connect(&addr).await.unwrap();
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Ok);
+        let r = c
+            .call(Request::ReadLocal {
+                copyset: 5,
+                volume: 2,
+                chunk: 0,
+                offset: 10,
+                len: 5,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r, Response::Data(bytes::Bytes::from_static(b"local")));
+        assert_eq!(
+            c.call(Request::ListChunks { copyset: 5 }).await.unwrap(),
+            Response::Chunks(vec![(2, 0)])
+        );
+        let r = c.call(Request::ListChunks { copyset: 6 }).await;
+        assert!(
+            matches!(
+                r,
+                Err(PeerError::Remote {
+                    code: ErrorCode::NoSuchCopyset,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = c
+            .call(Request::Read {
+                copyset: 5,
+                volume: 2,
+                chunk: 0,
+                offset: (CHUNK_SIZE - 1) as u32,
+                len: 2,
+            })
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(PeerError::Remote {
+                    code: ErrorCode::OutOfRange,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+
+        // Nobody drains the inbox: once full, writes get Busy.
+        while inbox.try_send(InboxMsg::Shutdown).is_ok() {}
+        let r = c
+            .call(Request::Write {
+                copyset: 5,
+                volume: 2,
+                epoch: 1,
+                chunk: 0,
+                offset: 0,
+                data: bytes::Bytes::from_static(b"x"),
+            })
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(PeerError::Remote {
+                    code: ErrorCode::Busy,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+
+        // A lying length prefix: an error frame with id 0, then that
+        // connection (only) is closed.
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        raw.write_all(&[1u8; 9]).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut bm = bytes::BytesMut::from(&buf[..]);
+        let f = tokio_util::codec::Decoder::decode(&mut FrameCodec, &mut bm)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.id, 0);
+        assert!(matches!(
+            Response::from_frame(f).unwrap(),
+            Response::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ));
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Ok);
+        cancel.cancel();
+    }
+}
