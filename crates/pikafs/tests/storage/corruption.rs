@@ -3,7 +3,9 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use pikafs_testkit::{Cluster, ClusterOptions};
+use std::time::Duration;
+
+use pikafs_testkit::{wait_for, Cluster, ClusterOptions};
 
 use crate::replication::open;
 
@@ -24,6 +26,31 @@ fn chunk_files(dir: &Path, volume: u64, chunk: u64) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The chunk's file on every replica, once each holds `want` at `offset`:
+/// followers apply a moment after the leader acknowledges, and a flip made
+/// before that would be overwritten by the apply.
+async fn replica_files(
+    cluster: &Cluster,
+    volume: u64,
+    chunk: u64,
+    offset: u64,
+    want: &[u8],
+) -> Vec<PathBuf> {
+    wait_for("3 replicas holding the data", Duration::from_secs(10), || async {
+        let files = (0..cluster.server_count())
+            .flat_map(|i| chunk_files(cluster.server_dir(i), volume, chunk))
+            .collect::<Vec<_>>();
+        let applied = files.iter().all(|f| {
+            let file = std::fs::File::open(f).unwrap();
+            let mut got = vec![0u8; want.len()];
+            file.read_exact_at(&mut got, offset).is_ok() && got == want
+        });
+        (files.len() == 3 && applied).then_some(files)
+    })
+    .await
+    .unwrap()
 }
 
 fn flip(path: &Path, offset: u64) {
@@ -51,10 +78,7 @@ async fn corrupt_sectors_are_never_returned() {
     // repaired from a healthy replica) or an error, never the bad bytes.
     let one = pattern(1, 64 << 10);
     client.write(chunk_size, &one).await.unwrap();
-    let files = (0..cluster.server_count())
-        .flat_map(|i| chunk_files(cluster.server_dir(i), vol, 1))
-        .collect::<Vec<_>>();
-    assert_eq!(files.len(), 3, "chunk 1 should have 3 replicas: {files:?}");
+    let files = replica_files(&cluster, vol, 1, 0, &one).await;
     flip(&files[0], 8192 + 17);
     for _ in 0..3 {
         match client.read(chunk_size, one.len()).await {
@@ -66,10 +90,7 @@ async fn corrupt_sectors_are_never_returned() {
     // Case 2: every replica corrupt in the same sector: the read must fail.
     let two = pattern(2, 16 << 10);
     client.write(0, &two).await.unwrap();
-    let files = (0..cluster.server_count())
-        .flat_map(|i| chunk_files(cluster.server_dir(i), vol, 0))
-        .collect::<Vec<_>>();
-    assert_eq!(files.len(), 3, "chunk 0 should have 3 replicas: {files:?}");
+    let files = replica_files(&cluster, vol, 0, 0, &two).await;
     for f in &files {
         flip(f, 4096 + 5);
     }
