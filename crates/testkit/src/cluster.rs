@@ -199,8 +199,8 @@ impl Cluster {
         let mut names = vec!["ctrl".to_string()];
         names.extend((0..self.servers.len()).map(|i| format!("cs{i}")));
         for n in names {
-            let text =
-                std::fs::read_to_string(self.dir.path().join(format!("{n}.log"))).unwrap_or_default();
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                .unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             out.push_str(&format!("----- {n}.log (tail) -----\n"));
             out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
@@ -273,7 +273,9 @@ impl Cluster {
 
     /// Creates a volume through the CLI and checks it succeeded.
     pub async fn create_volume(&self, name: &str, size: &str) -> anyhow::Result<()> {
-        let out = self.cli(&["volume", "create", name, "--size", size]).await?;
+        let out = self
+            .cli(&["volume", "create", name, "--size", size])
+            .await?;
         anyhow::ensure!(
             out.status.success(),
             "volume create failed: {}",

@@ -52,7 +52,10 @@ impl Proc {
         let err = out.try_clone()?;
         let child = Command::new(pikafs_bin())
             .args(args)
-            .env("PIKAFS_LOG", std::env::var("PIKAFS_LOG").unwrap_or("info".into()))
+            .env(
+                "PIKAFS_LOG",
+                std::env::var("PIKAFS_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

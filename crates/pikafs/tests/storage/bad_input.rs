@@ -65,18 +65,37 @@ async fn malformed_frames_close_only_that_connection() {
                 Err(e) => panic!("{what}: no answer and no close: {e}"),
             }
         }
-        assert!(saw_close || what == "unknown opcode", "{what}: connection left open");
-        assert_eq!(bystander.call(Request::Ping).await.unwrap(), Response::Ok, "{what}");
+        assert!(
+            saw_close || what == "unknown opcode",
+            "{what}: connection left open"
+        );
+        assert_eq!(
+            bystander.call(Request::Ping).await.unwrap(),
+            Response::Ok,
+            "{what}"
+        );
         ping_ok(&addr).await;
     }
 
     // Well-formed requests that ask for the impossible.
     let r = bystander
-        .call(Request::Read { copyset: 987_654, volume: 1, chunk: 0, offset: 0, len: 10 })
+        .call(Request::Read {
+            copyset: 987_654,
+            volume: 1,
+            chunk: 0,
+            offset: 0,
+            len: 10,
+        })
         .await
         .unwrap();
     assert_eq!(error_code(&r), Some(ErrorCode::NoSuchCopyset), "{r:?}");
-    let oversize = Request::Read { copyset: 1, volume: 1, chunk: 0, offset: 0, len: 64 << 20 };
+    let oversize = Request::Read {
+        copyset: 1,
+        volume: 1,
+        chunk: 0,
+        offset: 0,
+        len: 64 << 20,
+    };
     let r = bystander.call(oversize).await;
     // An oversize length is a protocol violation: an error frame or a close.
     if let Ok(r) = r {
@@ -94,9 +113,18 @@ async fn client_level_errors_and_unaligned_io() {
     assert_eq!(size, 128 << 20);
 
     // Out of range.
-    assert!(matches!(client.read(size - 10, 11).await, Err(VolumeError::OutOfRange { .. })));
-    assert!(matches!(client.write(size, b"x").await, Err(VolumeError::OutOfRange { .. })));
-    assert!(matches!(client.read(u64::MAX - 5, 10).await, Err(VolumeError::OutOfRange { .. })));
+    assert!(matches!(
+        client.read(size - 10, 11).await,
+        Err(VolumeError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        client.write(size, b"x").await,
+        Err(VolumeError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        client.read(u64::MAX - 5, 10).await,
+        Err(VolumeError::OutOfRange { .. })
+    ));
     // Zero length.
     assert!(client.read(100, 0).await.unwrap().is_empty());
     client.write(100, b"").await.unwrap();
@@ -110,7 +138,12 @@ async fn client_level_errors_and_unaligned_io() {
     let got = client.read(off, 4).await.unwrap();
     assert_eq!(&got[..], &[data[0], b'A', b'B', data[3]]);
     // Never-written space reads as zeros.
-    assert!(client.read(5 << 20, 8192).await.unwrap().iter().all(|&b| b == 0));
+    assert!(client
+        .read(5 << 20, 8192)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
     // Unknown volume.
     let err = VolumeClient::open(&cluster.ctrl_url(), "nope", OpenOptions::default())
         .await
@@ -141,5 +174,7 @@ async fn client_level_errors_and_unaligned_io() {
         answers.contains(&Some(ErrorCode::OutOfRange)),
         "no member answered OutOfRange: {answers:?}"
     );
-    assert!(answers.iter().all(|a| matches!(a, Some(ErrorCode::OutOfRange | ErrorCode::NotLeader))));
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Some(ErrorCode::OutOfRange | ErrorCode::NotLeader))));
 }

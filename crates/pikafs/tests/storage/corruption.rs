@@ -15,7 +15,9 @@ fn chunk_files(dir: &Path, volume: u64, chunk: u64) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -38,23 +40,31 @@ async fn replica_files(
     offset: u64,
     want: &[u8],
 ) -> Vec<PathBuf> {
-    wait_for("3 replicas holding the data", Duration::from_secs(10), || async {
-        let files = (0..cluster.server_count())
-            .flat_map(|i| chunk_files(cluster.server_dir(i), volume, chunk))
-            .collect::<Vec<_>>();
-        let applied = files.iter().all(|f| {
-            let file = std::fs::File::open(f).unwrap();
-            let mut got = vec![0u8; want.len()];
-            file.read_exact_at(&mut got, offset).is_ok() && got == want
-        });
-        (files.len() == 3 && applied).then_some(files)
-    })
+    wait_for(
+        "3 replicas holding the data",
+        Duration::from_secs(10),
+        || async {
+            let files = (0..cluster.server_count())
+                .flat_map(|i| chunk_files(cluster.server_dir(i), volume, chunk))
+                .collect::<Vec<_>>();
+            let applied = files.iter().all(|f| {
+                let file = std::fs::File::open(f).unwrap();
+                let mut got = vec![0u8; want.len()];
+                file.read_exact_at(&mut got, offset).is_ok() && got == want
+            });
+            (files.len() == 3 && applied).then_some(files)
+        },
+    )
     .await
     .unwrap()
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0x5A;
@@ -63,7 +73,9 @@ fn flip(path: &Path, offset: u64) {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -95,7 +107,10 @@ async fn corrupt_sectors_are_never_returned() {
         flip(f, 4096 + 5);
     }
     let res = client.read(0, two.len()).await;
-    assert!(res.is_err(), "read of a sector corrupt on every replica succeeded");
+    assert!(
+        res.is_err(),
+        "read of a sector corrupt on every replica succeeded"
+    );
     // Sectors around the bad one still read fine.
     assert_eq!(&client.read(0, 4096).await.unwrap()[..], &two[..4096]);
     assert_eq!(&client.read(8192, 8192).await.unwrap()[..], &two[8192..]);

@@ -11,12 +11,18 @@ async fn open_at(cluster: &Cluster, epoch: Option<u64>) -> VolumeClient {
         retry_deadline: Duration::from_secs(20),
         ..OpenOptions::default()
     };
-    VolumeClient::open(&cluster.ctrl_url(), "v", opts).await.unwrap()
+    VolumeClient::open(&cluster.ctrl_url(), "v", opts)
+        .await
+        .unwrap()
 }
 
 async fn bump(cluster: &Cluster) -> u64 {
     let out = cluster.cli(&["volume", "bump-epoch", "v"]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -57,15 +63,19 @@ async fn ctrl_epoch_reaches_copysets_without_the_new_writer() {
     let e2 = bump(&cluster).await;
     // No new writer fences; the chunkservers learn the epoch from ctrl's
     // heartbeat answers and replicate the fence themselves.
-    wait_for("the old writer to be fenced", Duration::from_secs(20), || {
-        let old = old.clone();
-        async move {
-            match old.write(0, b"zombie").await {
-                Err(VolumeError::StaleEpoch { newest, .. }) if newest >= e2 => Some(()),
-                _ => None,
+    wait_for(
+        "the old writer to be fenced",
+        Duration::from_secs(20),
+        || {
+            let old = old.clone();
+            async move {
+                match old.write(0, b"zombie").await {
+                    Err(VolumeError::StaleEpoch { newest, .. }) if newest >= e2 => Some(()),
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await
     .unwrap();
     let fresh = open_at(&cluster, None).await;

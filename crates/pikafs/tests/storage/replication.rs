@@ -29,7 +29,11 @@ async fn leader_killed_mid_workload_loses_no_acknowledged_write() {
     let writers = wl.spawn_writers(&client, 8);
     let verifier = wl.spawn_verifier(&client);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(wl.acked_count() > 0, "no write acknowledged before the kill\n{}", cluster.logs(40));
+    assert!(
+        wl.acked_count() > 0,
+        "no write acknowledged before the kill\n{}",
+        cluster.logs(40)
+    );
 
     // Kill a server that leads at least one copyset.
     let leaders = cluster.leaders().await.unwrap();
@@ -42,10 +46,14 @@ async fn leader_killed_mid_workload_loses_no_acknowledged_write() {
     let acked_at_kill = wl.acked_count();
 
     // IO must go on with 2 of 3 replicas.
-    wait_for("writes acknowledged after the kill", Duration::from_secs(30), || {
-        let wl = wl.clone();
-        async move { (wl.acked_count() > acked_at_kill + 200).then_some(()) }
-    })
+    wait_for(
+        "writes acknowledged after the kill",
+        Duration::from_secs(30),
+        || {
+            let wl = wl.clone();
+            async move { (wl.acked_count() > acked_at_kill + 200).then_some(()) }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(40)));
     eprintln!(
@@ -158,25 +166,35 @@ async fn permanently_lost_server_is_replaced_and_data_verifies() {
         let route = &vol.copysets[(chunk as usize) % vol.copysets.len()];
         let want = client.read(off, BLOCK).await.unwrap();
         for m in &route.members {
-            let addr = st.servers.iter().find(|s| s.server_id == m.server_id).unwrap().addr.clone();
-            wait_for(&format!("slot {k} on server {}", m.server_id), Duration::from_secs(20), || {
-                let addr = addr.clone();
-                let want = want.clone();
-                async move {
-                    let mut c = RawConn::connect(&addr).await.ok()?;
-                    let r = c
-                        .call(Request::ReadLocal {
-                            copyset: route.copyset_id,
-                            volume: vol.volume_id,
-                            chunk,
-                            offset: (off % CHUNK_SIZE) as u32,
-                            len: BLOCK as u32,
-                        })
-                        .await
-                        .ok()?;
-                    matches!(r, Response::Data(d) if d == want).then_some(())
-                }
-            })
+            let addr = st
+                .servers
+                .iter()
+                .find(|s| s.server_id == m.server_id)
+                .unwrap()
+                .addr
+                .clone();
+            wait_for(
+                &format!("slot {k} on server {}", m.server_id),
+                Duration::from_secs(20),
+                || {
+                    let addr = addr.clone();
+                    let want = want.clone();
+                    async move {
+                        let mut c = RawConn::connect(&addr).await.ok()?;
+                        let r = c
+                            .call(Request::ReadLocal {
+                                copyset: route.copyset_id,
+                                volume: vol.volume_id,
+                                chunk,
+                                offset: (off % CHUNK_SIZE) as u32,
+                                len: BLOCK as u32,
+                            })
+                            .await
+                            .ok()?;
+                        matches!(r, Response::Data(d) if d == want).then_some(())
+                    }
+                },
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(30)));
         }

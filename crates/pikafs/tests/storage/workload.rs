@@ -86,11 +86,9 @@ impl Workload {
         s.next_gen += 1;
         let gen = s.next_gen;
         let data = block(k as u64, gen);
-        let res = tokio::time::timeout(
-            Duration::from_secs(40),
-            client.write(self.offset(k), &data),
-        )
-        .await;
+        let res =
+            tokio::time::timeout(Duration::from_secs(40), client.write(self.offset(k), &data))
+                .await;
         match res {
             Ok(Ok(())) => {
                 s.possible = vec![gen];
@@ -221,7 +219,10 @@ fn blocks_are_distinct_and_checked() {
         next_gen: 2,
     };
     check_block(5, &s, &block(5, 2)).unwrap();
-    assert!(check_block(5, &s, &block(5, 1)).is_err(), "stale generation");
+    assert!(
+        check_block(5, &s, &block(5, 1)).is_err(),
+        "stale generation"
+    );
     assert!(check_block(5, &s, &block(6, 2)).is_err(), "wrong slot");
     assert!(check_block(5, &s, &vec![0; BLOCK]).is_err(), "lost ack");
     let mut torn = block(5, 2);
