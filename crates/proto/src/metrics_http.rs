@@ -30,11 +30,9 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result
                 // The request itself does not matter; read what is there so
                 // the client does not see a reset.
                 let mut buf = [0u8; 2048];
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    sock.read(&mut buf),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
+                        .await;
                 let mut body = String::new();
                 if encode(&mut body, &registry).is_err() {
                     body = "# encoding failed\n".into();
