@@ -439,6 +439,12 @@ pub async fn run(cmd: BenchCmd, ctrl_url: &str) -> anyhow::Result<()> {
         if !spec.write && !rows.iter().any(|r| !r.spec.write) {
             log(format!("prefilling {}", fmt_size(span)));
             prefill(&client, span).await?;
+            if let Some(dir) = &args.fio_dir {
+                // fio lays its file out with fallocate: unwritten extents
+                // read as zeros without touching the disk, which would make
+                // the reference a page-cache figure. Write it for real.
+                crate::fio::prefill(dir, span).await?;
+            }
         }
         log(format!("running {}", spec.name));
         let mut row = run_spec(&client, spec, span, args.duration).await?;

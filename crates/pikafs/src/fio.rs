@@ -105,6 +105,33 @@ pub async fn run(
     parse(&text, job.is_write()).with_context(|| format!("parse fio {rw} output"))
 }
 
+/// Writes all of `dir/fio.dat` (`span` bytes) so fio's read jobs read data
+/// that is on the disk.
+///
+/// # Errors
+/// fio fails.
+pub async fn prefill(dir: &Path, span: u64) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("fio")
+        .arg("--name=fill")
+        .arg(format!("--filename={}", dir.join("fio.dat").display()))
+        .arg(format!("--size={span}"))
+        .arg("--bs=1M")
+        .arg("--rw=write")
+        .arg("--direct=1")
+        .arg("--end_fsync=1")
+        .arg("--output-format=json")
+        .output()
+        .await
+        .context("run fio prefill (is it on PATH?)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fio prefill exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 fn pct(v: &Value, key: &str) -> Option<f64> {
     v.get("percentile")?.get(key)?.as_f64()
 }
