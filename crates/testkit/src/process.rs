@@ -72,7 +72,8 @@ impl Proc {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    fn signal(&self, sig: i32) {
+    /// Sends `sig` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, sig: i32) {
         let pid = self.pid();
         if pid > 0 {
             // SAFETY: kill(2) on a child we spawned and have not reaped.
@@ -110,6 +111,23 @@ impl Proc {
         let _ = c.kill();
         let _ = c.wait();
         false
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; returns its
+    /// status, or `None` if it is still running (it is left running).
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     pub fn pause(&self) {

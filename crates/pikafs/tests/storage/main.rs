@@ -6,5 +6,6 @@ mod bad_input;
 mod cli;
 mod corruption;
 mod fencing;
+mod playground;
 mod replication;
 mod workload;
