@@ -10,6 +10,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const DEFAULT_SERVER_LEASE: Duration = Duration::from_secs(10);
 /// Default replicas per server the placement aims for.
 pub const DEFAULT_COPYSETS_PER_SERVER: u32 = 6;
+/// Default lease of a file-system mount; mounts renew well within it.
+pub const DEFAULT_MOUNT_LEASE: Duration = Duration::from_secs(10);
 /// Default period of the failure and placement check.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -30,6 +32,10 @@ pub struct Config {
     pub copysets_per_server: u32,
     /// Period of the failure/placement check.
     pub check_interval: Duration,
+    /// Lease of a file-system mount (RW or RO). An RW mount that stops
+    /// renewing loses exclusivity after this; an RO one stops pinning
+    /// deleted files.
+    pub mount_lease: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +49,7 @@ impl Default for Config {
             server_lease: DEFAULT_SERVER_LEASE,
             copysets_per_server: DEFAULT_COPYSETS_PER_SERVER,
             check_interval: DEFAULT_CHECK_INTERVAL,
+            mount_lease: DEFAULT_MOUNT_LEASE,
         }
     }
 }
@@ -63,6 +70,9 @@ impl Config {
         }
         if self.check_interval.is_zero() {
             return Err("check_interval must be > 0".into());
+        }
+        if self.mount_lease.is_zero() {
+            return Err("mount_lease must be > 0".into());
         }
         if self.copysets_per_server == 0 {
             return Err("copysets_per_server must be > 0".into());

@@ -31,6 +31,7 @@ mod cluster;
 pub mod config;
 pub mod error;
 mod metrics;
+pub mod mounts;
 mod placement;
 mod record;
 mod service;
@@ -158,7 +159,7 @@ pub async fn run_with_listener(
     info!(%local, "ctrl serving");
     let served = tonic::transport::Server::builder()
         .add_service(pikafs_proto::ctrlpb::ctrl_server::CtrlServer::new(
-            CtrlService::new(cluster),
+            CtrlService::new(cluster, config.mount_lease),
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
         .await;

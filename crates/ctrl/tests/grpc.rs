@@ -7,8 +7,9 @@ use std::time::Duration;
 use pikafs_ctrl::{connect, Config, CtrlClient};
 use pikafs_proto::ctrlpb::copyset_command::Kind;
 use pikafs_proto::ctrlpb::{
-    CopysetCommand, CopysetState, CreateVolumeRequest, Empty, GrowVolumeRequest, HeartbeatRequest,
-    RegisterServerRequest, Role, VolumeName,
+    AcquireMountRequest, CopysetCommand, CopysetState, CreateVolumeRequest, Empty,
+    GrowVolumeRequest, HeartbeatRequest, RegisterServerRequest, ReleaseMountRequest,
+    RenewMountRequest, Role, VolumeName,
 };
 use pikafs_proto::{CHUNK_SIZE, MIN_VOLUME_SIZE};
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const LEASE: Duration = Duration::from_millis(500);
+const MOUNT_LEASE: Duration = Duration::from_millis(800);
 /// Bound on every wait for the ctrl to react.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -51,6 +53,7 @@ async fn start_with_lease(
         server_lease: lease,
         copysets_per_server,
         check_interval: Duration::from_millis(50),
+        mount_lease: MOUNT_LEASE,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(pikafs_ctrl::run_with_listener(
@@ -544,5 +547,149 @@ async fn shutdown_returns_with_clients_still_connected() {
     let st = c2.cluster_status(Empty {}).await.unwrap().into_inner();
     assert_eq!(st.servers.len(), 1);
     drop((c, c2));
+    ctrl.stop().await;
+}
+
+#[tokio::test]
+async fn mount_leases_fence_and_gate_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctrl = start(dir.path(), 3).await;
+    let mut c = ctrl.client().await;
+    three_servers(&mut c).await;
+    let v = c
+        .create_volume(CreateVolumeRequest {
+            name: "v".into(),
+            size_bytes: 4 * CHUNK_SIZE,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let acquire = |rw: bool, host: &str| AcquireMountRequest {
+        volume: "v".into(),
+        rw,
+        host: host.into(),
+        notify_addr: if rw {
+            format!("{host}:1")
+        } else {
+            String::new()
+        },
+    };
+    let renew = |id: u64, lsn: u64, open: Vec<u64>| RenewMountRequest {
+        volume: "v".into(),
+        mount_id: id,
+        replay_lsn: lsn,
+        open_inodes: open,
+    };
+
+    // The RW grant bumps the epoch before the writer gets it.
+    let a = c
+        .acquire_mount(acquire(true, "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.epoch, v.epoch + 1);
+    assert_eq!(a.volume.as_ref().unwrap().epoch, a.epoch);
+    // A second writer is refused while the lease is live, with a clear error.
+    let err = c.acquire_mount(acquire(true, "b")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("read-write"), "{}", err.message());
+    // Unknown volume.
+    let mut bad = acquire(false, "x");
+    bad.volume = "nope".into();
+    assert_eq!(
+        c.acquire_mount(bad).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // RO mounts learn the writer's notify address and publish positions.
+    let r1 = c
+        .acquire_mount(acquire(false, "r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r1.rw_notify_addr, "a:1");
+    assert_eq!(r1.epoch, a.epoch, "RO mounts do not bump the epoch");
+    let r2 = c
+        .acquire_mount(acquire(false, "r2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        c.renew_mount(renew(r1.mount_id, 40, vec![5, 6]))
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+    assert!(
+        c.renew_mount(renew(r2.mount_id, 30, vec![6, 7]))
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+    let ra = c
+        .renew_mount(renew(a.mount_id, 0, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ra.ok);
+    assert_eq!(ra.min_ro_lsn, 30);
+    assert_eq!(ra.pinned_inodes, vec![5, 6, 7]);
+    let listed = c
+        .list_mounts(VolumeName { name: "v".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.mounts.len(), 3);
+    // A mounted volume cannot be deleted.
+    let err = c
+        .delete_volume(VolumeName { name: "v".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // r2 releases cleanly; r1 dies silently. Keep the writer renewing until
+    // r1's lease lapses: then nothing pins.
+    c.release_mount(ReleaseMountRequest {
+        volume: "v".into(),
+        mount_id: r2.mount_id,
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ra = c
+            .renew_mount(renew(a.mount_id, 0, vec![]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ra.ok, "the renewing writer keeps its lease");
+        if ra.min_ro_lsn == u64::MAX && ra.pinned_inodes.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "dead RO still pins");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The writer goes silent: after its lease a new writer gets the volume
+    // with a higher epoch, and the old one learns it has lost.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let b = loop {
+        match c.acquire_mount(acquire(true, "b")).await {
+            Ok(b) => break b.into_inner(),
+            Err(e) => assert_eq!(e.code(), Code::FailedPrecondition),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(b.epoch, a.epoch + 1);
+    let old = c
+        .renew_mount(renew(a.mount_id, 0, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!old.ok);
+    assert_eq!(old.epoch, b.epoch);
     ctrl.stop().await;
 }

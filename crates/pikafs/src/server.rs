@@ -34,6 +34,9 @@ pub struct CtrlArgs {
     /// Period of the failure and placement check (default 1s).
     #[arg(long, value_parser = parse_duration)]
     pub check_interval: Option<Duration>,
+    /// Lease of a file-system mount (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub mount_lease: Option<Duration>,
 }
 
 /// Flags of `pikafs chunkserver` (ctrl comes from the global `--ctrl`).
@@ -69,6 +72,7 @@ impl CtrlArgs {
             server_lease: self.server_lease.unwrap_or(d.server_lease),
             copysets_per_server: self.copysets_per_server.unwrap_or(d.copysets_per_server),
             check_interval: self.check_interval.unwrap_or(d.check_interval),
+            mount_lease: self.mount_lease.unwrap_or(d.mount_lease),
         }
     }
 }

@@ -1,0 +1,1040 @@
+//! The mounted file system: mount, commit, checkpoints, namespace
+//! operations, RO catch-up and orphan release. File IO is in `file.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::checkpoint;
+use crate::device::BlockDevice;
+use crate::error::{DeviceError, FsError, Result};
+use crate::file::File;
+use crate::journal::{self, JournalHeader, TxnError};
+use crate::metadata::{State, ROOT, UNCOMMITTED};
+use crate::metrics::Metrics;
+use crate::path::{components, resolve, resolve_parent};
+use crate::record::{Ino, Kind, Lsn, Op};
+use crate::superblock::{MkfsOptions, Superblock, SECTOR};
+
+/// How a volume is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The one writer.
+    Rw,
+    /// A reader that follows the writer's journal with [`Fs::catch_up`].
+    Ro,
+}
+
+/// How [`Fs::open`] treats the path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// Create the file if it does not exist (committed before `open`
+    /// returns).
+    pub create: bool,
+    /// Cut the file to zero bytes.
+    pub truncate: bool,
+    /// With `create`: fail with [`FsError::Exists`] if it exists.
+    pub exclusive: bool,
+    /// Open for writing (needs a RW mount).
+    pub write: bool,
+}
+
+impl OpenFlags {
+    /// Read-only access to an existing file.
+    pub fn read() -> OpenFlags {
+        OpenFlags::default()
+    }
+    /// Read-write, creating the file if needed.
+    pub fn create() -> OpenFlags {
+        OpenFlags {
+            create: true,
+            write: true,
+            ..OpenFlags::default()
+        }
+    }
+}
+
+/// What `stat` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    /// Bytes of data blocks mapped (including preallocation).
+    pub allocated: u64,
+    pub mode: u32,
+    /// 0 for an orphan (unlinked while open).
+    pub nlink: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    pub ctime_ns: u64,
+}
+
+/// One `readdir` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// Space and object counts (`df`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u64,
+    pub total_bytes: u64,
+    /// Blocks owned by live files, orphans and pending-free lists.
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    /// Part of `used_bytes` held only by orphans and pending-free blocks,
+    /// reusable after [`Fs::release_orphans`].
+    pub orphan_bytes: u64,
+    pub orphan_files: u64,
+    pub files: u64,
+    pub dirs: u64,
+    /// Journal position this mount has applied (RW: committed).
+    pub lsn: Lsn,
+}
+
+/// What [`Fs::release_orphans`] freed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleaseStats {
+    pub orphans_freed: u64,
+    pub blocks_freed: u64,
+}
+
+pub(crate) struct OpenEntry {
+    count: usize,
+    pub(crate) wlock: Arc<Mutex<()>>,
+}
+
+pub(crate) struct Meta {
+    pub(crate) st: State,
+    /// Records applied in memory, not yet committed, in order.
+    pending: Vec<Op>,
+    pending_bytes: usize,
+    /// Sequence number of the last record pushed.
+    pub(crate) op_seq: u64,
+    pub(crate) open: HashMap<Ino, OpenEntry>,
+}
+
+struct JournalState {
+    /// RW: the last header written. RO: `end` is the applied lsn.
+    header: JournalHeader,
+    committed_seq: u64,
+    /// RO: the in-memory state is unusable and must be reloaded.
+    stale: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dev: Arc<dyn BlockDevice>,
+    pub(crate) sb: Superblock,
+    pub(crate) mode: Mode,
+    pub(crate) meta: RwLock<Meta>,
+    journal: Mutex<JournalState>,
+    /// Set when the RW can no longer write: (fenced, why).
+    broken: Mutex<Option<(bool, String)>>,
+    unmounted: AtomicBool,
+    metrics: Metrics,
+}
+
+/// A mounted pikafs file system. Cheap to clone; `Send + Sync`, usable
+/// from many threads at once. Every call blocks on device IO: do not call
+/// it from an async task (use `spawn_blocking`).
+#[derive(Clone)]
+pub struct Fs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("mode", &self.inner.mode)
+            .field("sb", &self.inner.sb)
+            .finish()
+    }
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Creates an empty file system on `dev`, destroying what was there.
+///
+/// # Errors
+/// [`FsError::InvalidArgument`] when the device is too small for `opts`;
+/// device errors.
+pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
+    let mut uuid = [0u8; 16];
+    uuid[..8].copy_from_slice(&random_u64().to_le_bytes());
+    uuid[8..].copy_from_slice(&random_u64().to_le_bytes());
+    let now = now_ns();
+    let sb = Superblock::layout(dev.size(), opts, uuid, now)?;
+    let st = State::new(sb.block_size, sb.data_blocks, now);
+    checkpoint::write(dev, &sb, 0, 0, &st.encode())?;
+    // Clear both header slots so no header of an older file system
+    // survives beside ours, then commit the empty journal.
+    dev.write_at(
+        crate::superblock::HEADER_OFF,
+        &vec![0u8; 2 * SECTOR as usize],
+    )?;
+    journal::write_header(
+        dev,
+        &sb,
+        &JournalHeader {
+            seq: 1,
+            start: 0,
+            end: 0,
+            ckpt_slot: 0,
+            inline_len: 0,
+        },
+        &[],
+    )?;
+    // The superblock goes last: a device with a valid superblock always
+    // has a valid journal header and checkpoint.
+    dev.write_at(0, &sb.encode())?;
+    tracing::info!(
+        block_size = sb.block_size,
+        data_blocks = sb.data_blocks,
+        journal = sb.ring_size,
+        "mkfs done"
+    );
+    Ok(sb)
+}
+
+/// Loads the state a header describes: its checkpoint plus the journal
+/// after it. The error's flag says the ring or slot may have been
+/// overwritten under us (retryable for an RO).
+fn load(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    h: &JournalHeader,
+    inline: &[u8],
+) -> Result<State, (FsError, bool)> {
+    let mut st = checkpoint::read(dev, sb, h.ckpt_slot, h.start).map_err(|e| (e, true))?;
+    let txns = read_txns(dev, sb, h.start, h, inline)?;
+    apply_txns(&mut st, &txns).map_err(|e| (e, false))?;
+    Ok(st)
+}
+
+/// A parsed transaction: its end lsn and records.
+pub(crate) type Txn = (Lsn, Vec<Op>);
+
+/// Reads and checks the committed transactions in `[from, h.end)`: from
+/// the ring up to `h.ring_end()`, then the header's inline copy of the
+/// newest one. The error's flag says the ring may have been overwritten
+/// under us (retryable for an RO).
+pub(crate) fn read_txns(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    from: Lsn,
+    h: &JournalHeader,
+    inline: &[u8],
+) -> Result<Vec<Txn>, (FsError, bool)> {
+    let classify = |e: TxnError| match e {
+        e @ TxnError::Mismatch { .. } => (FsError::from(e), true),
+        e => (FsError::from(e), false),
+    };
+    if from == h.end {
+        return Ok(Vec::new());
+    }
+    let ring_end = h.ring_end();
+    if from > ring_end {
+        return Err((
+            FsError::corrupt(format!("lsn {from} is inside the newest transaction")),
+            true,
+        ));
+    }
+    let mut txns = if from < ring_end {
+        let buf = journal::read_ring(dev, sb, from, ring_end - from).map_err(|e| (e, false))?;
+        journal::parse_txns(sb, &buf, from).map_err(classify)?
+    } else {
+        Vec::new()
+    };
+    if !inline.is_empty() {
+        let tail = journal::parse_txns(sb, &journal::pad_frame(inline), ring_end)
+            .map_err(|e| (FsError::from(e), false))?;
+        txns.extend(tail);
+    }
+    Ok(txns)
+}
+
+pub(crate) fn apply_txns(st: &mut State, txns: &[Txn]) -> Result<(), FsError> {
+    for (end, ops) in txns {
+        for op in ops {
+            st.apply(op, Some(*end)).map_err(|r| {
+                FsError::corrupt(format!(
+                    "journal record {op:?} before lsn {end} does not apply: {r:?}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Mounts the file system on `dev`: loads the newest checkpoint and
+    /// replays the committed journal after it.
+    ///
+    /// `Mode::Rw` assumes exclusivity (granted and fenced by ctrl in later
+    /// layers); `Mode::Ro` never writes the device.
+    ///
+    /// # Errors
+    /// [`FsError::Corrupt`] when no valid superblock, header or checkpoint
+    /// is found; device errors.
+    pub fn mount(dev: Arc<dyn BlockDevice>, mode: Mode) -> Result<Fs> {
+        let sb = Superblock::decode(&dev.read_at(0, SECTOR as usize)?)?;
+        let mut tries = 0;
+        let (h, st) = loop {
+            let (h, inline) = journal::read_header_full(&*dev, &sb)?;
+            match load(&*dev, &sb, &h, &inline) {
+                Ok(st) => {
+                    if mode == Mode::Rw && !inline.is_empty() {
+                        // The ring copy of the newest transaction went out
+                        // with its header and may be torn: restore it
+                        // before the next commit stops inlining it.
+                        journal::write_ring(
+                            &*dev,
+                            &sb,
+                            h.ring_end(),
+                            &journal::pad_frame(&inline),
+                        )?;
+                    }
+                    break (h, st);
+                }
+                // An RO racing the RW's checkpoint: read the header again.
+                Err((_, true)) if mode == Mode::Ro && tries < 10 => tries += 1,
+                Err((e, _)) => return Err(e),
+            }
+        };
+        let room = sb.blocks_for(dev.size());
+        if st.alloc.nblocks() > room {
+            return Err(FsError::corrupt(format!(
+                "the file system has {} data blocks but the device only room for {room}",
+                st.alloc.nblocks()
+            )));
+        }
+        tracing::info!(?mode, start = h.start, end = h.end, "mounted");
+        let metrics = Metrics::default();
+        metrics.lsn.set(h.end);
+        Ok(Fs {
+            inner: Arc::new(Inner {
+                dev,
+                sb,
+                mode,
+                meta: RwLock::new(Meta {
+                    st,
+                    pending: Vec::new(),
+                    pending_bytes: 0,
+                    op_seq: 0,
+                    open: HashMap::new(),
+                }),
+                journal: Mutex::new(JournalState {
+                    header: h,
+                    committed_seq: 0,
+                    stale: false,
+                }),
+                broken: Mutex::new(None),
+                unmounted: AtomicBool::new(false),
+                metrics,
+            }),
+        })
+    }
+
+    /// Commits everything and, on a RW mount, writes a checkpoint so the
+    /// next mount replays nothing. Open `File`s stay usable for reads.
+    ///
+    /// # Errors
+    /// The commit's errors.
+    pub fn unmount(self) -> Result<()> {
+        if self.inner.mode == Mode::Rw && self.inner.broken.lock().is_none() {
+            self.inner.commit(u64::MAX, true)?;
+        }
+        self.inner.unmounted.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The mode this file system was mounted with.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+
+    /// This mount's metrics (register them with [`Metrics::register`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.inner.sb
+    }
+
+    /// The journal position this mount has applied (RO) or committed (RW).
+    pub fn lsn(&self) -> Lsn {
+        self.inner.journal.lock().header.end
+    }
+
+    /// Inodes open on this mount (an RO publishes them so the RW keeps
+    /// their blocks).
+    pub fn open_inodes(&self) -> Vec<Ino> {
+        let mut v: Vec<Ino> = self.inner.meta.read().open.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Opens (and maybe creates) a file.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::Exists`] (create + exclusive),
+    /// [`FsError::IsDir`], [`FsError::NotDir`], [`FsError::ReadOnly`] for
+    /// writes on an RO mount, [`FsError::NoSpace`], commit errors.
+    pub fn open(&self, path: &str, flags: OpenFlags) -> Result<File> {
+        let wants_write = flags.write || flags.create || flags.truncate;
+        if wants_write {
+            self.inner.check_writable()?;
+        }
+        let (ino, created, seq, wlock) = {
+            let mut m = self.inner.meta.write();
+            let comps = components(path)?;
+            if comps.is_empty() {
+                return Err(FsError::IsDir {
+                    path: path.to_string(),
+                });
+            }
+            let (parent, name) = resolve_parent(&m.st, path)?;
+            let existing =
+                m.st.dir(parent)
+                    .map_err(|r| r.at(path))?
+                    .entries
+                    .get(name)
+                    .copied();
+            match existing {
+                Some(ino) => {
+                    if flags.create && flags.exclusive {
+                        return Err(FsError::Exists {
+                            path: path.to_string(),
+                        });
+                    }
+                    if m.st.inodes.get(&ino).map(|i| i.kind) != Some(Kind::File) {
+                        return Err(FsError::IsDir {
+                            path: path.to_string(),
+                        });
+                    }
+                    (ino, false, 0, register_open(&mut m, ino))
+                }
+                None if flags.create => {
+                    let ino = m.st.next_ino;
+                    let op = Op::Create {
+                        parent,
+                        name: name.to_string(),
+                        ino,
+                        kind: Kind::File,
+                        mode: 0o644,
+                        time: now_ns(),
+                    };
+                    let seq = self.inner.push(&mut m, op, path)?;
+                    (ino, true, seq, register_open(&mut m, ino))
+                }
+                None => {
+                    return Err(FsError::NotFound {
+                        path: path.to_string(),
+                    })
+                }
+            }
+        };
+        // Registered under the same lock as the lookup, so the inode cannot
+        // be released in between.
+        let file = File::new(
+            self.inner.clone(),
+            ino,
+            flags.write || flags.truncate,
+            path,
+            wlock,
+        );
+        if created {
+            self.inner.commit(seq, false)?;
+        }
+        if flags.truncate {
+            file.truncate(0)?;
+        }
+        Ok(file)
+    }
+
+    /// Stats a path.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::NotDir`], bad paths.
+    pub fn stat(&self, path: &str) -> Result<Stat> {
+        let m = self.inner.meta.read();
+        let ino = resolve(&m.st, path, &components(path)?)?;
+        self.inner
+            .stat_ino(&m, ino)
+            .ok_or_else(|| FsError::NotFound {
+                path: path.to_string(),
+            })
+    }
+
+    /// Creates a directory (committed when it returns).
+    ///
+    /// # Errors
+    /// [`FsError::Exists`], [`FsError::NotFound`] for a missing parent,
+    /// [`FsError::ReadOnly`], commit errors.
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.inner.check_writable()?;
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let (parent, name) = resolve_parent(&m.st, path)?;
+            let ino = m.st.next_ino;
+            let op = Op::Create {
+                parent,
+                name: name.to_string(),
+                ino,
+                kind: Kind::Dir,
+                mode: 0o755,
+                time: now_ns(),
+            };
+            self.inner.push(&mut m, op, path)?
+        };
+        self.inner.commit(seq, false)
+    }
+
+    /// Removes an empty directory (committed when it returns).
+    ///
+    /// # Errors
+    /// [`FsError::NotEmpty`], [`FsError::NotDir`], [`FsError::NotFound`].
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        self.remove(path, Kind::Dir)
+    }
+
+    /// Removes a file name (committed when it returns). The inode turns
+    /// orphan: handles open on this or any RO mount keep reading it until
+    /// [`Fs::release_orphans`] frees it.
+    ///
+    /// # Errors
+    /// [`FsError::IsDir`], [`FsError::NotFound`].
+    pub fn unlink(&self, path: &str) -> Result<()> {
+        self.remove(path, Kind::File)
+    }
+
+    fn remove(&self, path: &str, want: Kind) -> Result<()> {
+        self.inner.check_writable()?;
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let (parent, name) = resolve_parent(&m.st, path)?;
+            let ino = *m
+                .st
+                .dir(parent)
+                .map_err(|r| r.at(path))?
+                .entries
+                .get(name)
+                .ok_or_else(|| FsError::NotFound {
+                    path: path.to_string(),
+                })?;
+            match (m.st.inodes.get(&ino).map(|i| i.kind), want) {
+                (Some(Kind::Dir), Kind::File) => {
+                    return Err(FsError::IsDir {
+                        path: path.to_string(),
+                    })
+                }
+                (Some(Kind::File), Kind::Dir) => {
+                    return Err(FsError::NotDir {
+                        path: path.to_string(),
+                    })
+                }
+                _ => {}
+            }
+            let op = Op::Remove {
+                parent,
+                name: name.to_string(),
+                time: now_ns(),
+            };
+            self.inner.push(&mut m, op, path)?
+        };
+        self.inner.commit(seq, false)
+    }
+
+    /// Renames atomically, replacing an existing file (or empty directory)
+    /// at `to`, which turns orphan. Committed when it returns.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::IsDir`] / [`FsError::NotDir`] on a
+    /// kind mismatch, [`FsError::NotEmpty`], [`FsError::InvalidArgument`]
+    /// when moving a directory into itself.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.inner.check_writable()?;
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let (src_parent, src_name) = resolve_parent(&m.st, from)?;
+            let (dst_parent, dst_name) = resolve_parent(&m.st, to)?;
+            let op = Op::Rename {
+                src_parent,
+                src_name: src_name.to_string(),
+                dst_parent,
+                dst_name: dst_name.to_string(),
+                time: now_ns(),
+            };
+            let src_exists =
+                m.st.dir(src_parent)
+                    .map(|d| d.entries.contains_key(src_name))
+                    .unwrap_or(false);
+            self.inner
+                .push(&mut m, op, if src_exists { to } else { from })?
+        };
+        self.inner.commit(seq, false)
+    }
+
+    /// Lists a directory, sorted by name.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::NotDir`].
+    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let m = self.inner.meta.read();
+        let ino = resolve(&m.st, path, &components(path)?)?;
+        let dir = m.st.dir(ino).map_err(|r| r.at(path))?;
+        Ok(dir
+            .entries
+            .iter()
+            .map(|(name, &ino)| DirEntry {
+                name: name.clone(),
+                ino,
+                kind: m.st.inodes.get(&ino).map(|i| i.kind).unwrap_or(Kind::File),
+            })
+            .collect())
+    }
+
+    /// Space and object counts.
+    pub fn statfs(&self) -> StatFs {
+        let m = self.inner.meta.read();
+        let bs = self.inner.sb.block_size;
+        let files =
+            m.st.inodes
+                .values()
+                .filter(|i| i.kind == Kind::File && i.nlink > 0)
+                .count() as u64;
+        let dirs = m.st.inodes.values().filter(|i| i.kind == Kind::Dir).count() as u64;
+        let lsn = self.inner.journal.lock().header.end;
+        StatFs {
+            block_size: bs,
+            total_bytes: m.st.alloc.nblocks() * bs,
+            used_bytes: m.st.alloc.used() * bs,
+            free_bytes: m.st.alloc.free() * bs,
+            orphan_bytes: m.st.orphan_blocks() * bs,
+            orphan_files: m.st.orphans.len() as u64,
+            files,
+            dirs,
+            lsn,
+        }
+    }
+
+    /// Extends the file system to the device's current size (after
+    /// `pikafs volume grow`). Returns the new total data bytes.
+    ///
+    /// # Errors
+    /// [`FsError::ReadOnly`], device and commit errors.
+    pub fn growfs(&self) -> Result<u64> {
+        self.inner.check_writable()?;
+        let size = self.inner.dev.refresh_size()?;
+        let blocks = self.inner.sb.blocks_for(size);
+        let seq = {
+            let mut m = self.inner.meta.write();
+            if blocks <= m.st.alloc.nblocks() {
+                return Ok(m.st.alloc.nblocks() * self.inner.sb.block_size);
+            }
+            self.inner.push(
+                &mut m,
+                Op::Grow {
+                    data_blocks: blocks,
+                },
+                "/",
+            )?
+        };
+        self.inner.commit(seq, false)?;
+        tracing::info!(blocks, "file system grown");
+        Ok(blocks * self.inner.sb.block_size)
+    }
+
+    /// Frees orphans and pending-free blocks that no reader can still see:
+    /// those released at or before `min_ro_lsn` (the smallest applied lsn
+    /// of the live RO mounts; `u64::MAX` with none), except orphans open on
+    /// this mount or listed in `ro_open`. Committed when it returns.
+    ///
+    /// # Errors
+    /// [`FsError::ReadOnly`] on an RO mount, commit errors.
+    pub fn release_orphans(&self, min_ro_lsn: Lsn, ro_open: &HashSet<Ino>) -> Result<ReleaseStats> {
+        self.inner.check_writable()?;
+        let mut stats = ReleaseStats::default();
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let ready = |at: Lsn| at != UNCOMMITTED && at <= min_ro_lsn;
+            let victims: Vec<Ino> =
+                m.st.orphans
+                    .iter()
+                    .filter(|(ino, at)| {
+                        ready(**at) && !ro_open.contains(ino) && !m.open.contains_key(ino)
+                    })
+                    .map(|(ino, _)| *ino)
+                    .collect();
+            for ino in victims {
+                stats.blocks_freed +=
+                    m.st.inodes
+                        .get(&ino)
+                        .map(|i| i.mapped().count() as u64)
+                        .unwrap_or(0);
+                stats.orphans_freed += 1;
+                self.inner.push(&mut m, Op::FreeOrphan { ino }, "orphan")?;
+            }
+            let pend: u64 =
+                m.st.pending
+                    .iter()
+                    .filter(|(at, _)| ready(*at))
+                    .map(|(_, b)| b.len() as u64)
+                    .sum();
+            if pend > 0 {
+                stats.blocks_freed += pend;
+                self.inner
+                    .push(&mut m, Op::ReleasePending { upto: min_ro_lsn }, "pending")?;
+            }
+            m.op_seq
+        };
+        self.inner.commit(seq, false)?;
+        Ok(stats)
+    }
+
+    /// Forces a checkpoint now (RW): commits, snapshots the metadata and
+    /// empties the journal.
+    ///
+    /// # Errors
+    /// Commit and device errors.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.check_writable()?;
+        self.inner.commit(u64::MAX, true)
+    }
+
+    /// RO: applies what the RW committed since the last call and returns
+    /// the applied lsn. Never applies part of a transaction: only records
+    /// below the committed end of a valid header. If the RW has lapped the
+    /// ring past our position, reloads from its checkpoint. RW: returns the
+    /// committed lsn.
+    ///
+    /// # Errors
+    /// [`FsError::Corrupt`] when the journal cannot be read consistently
+    /// after retries; device errors.
+    pub fn catch_up(&self) -> Result<Lsn> {
+        self.inner.catch_up()
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.mode == Mode::Ro {
+            return Err(FsError::ReadOnly {
+                why: "read-only mount".into(),
+            });
+        }
+        if self.unmounted.load(Ordering::SeqCst) {
+            return Err(FsError::ReadOnly {
+                why: "unmounted".into(),
+            });
+        }
+        match &*self.broken.lock() {
+            Some((true, why)) => Err(FsError::Fenced {
+                message: why.clone(),
+            }),
+            Some((false, why)) => Err(FsError::ReadOnly { why: why.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns the RW read-only after a failed metadata write (or a fence):
+    /// memory no longer matches the device, so nothing more may be written.
+    pub(crate) fn poison(&self, e: &FsError) {
+        let fenced = matches!(
+            e,
+            FsError::Device(DeviceError::Fenced { .. }) | FsError::Fenced { .. }
+        );
+        let mut b = self.broken.lock();
+        if b.is_none() {
+            if fenced {
+                tracing::warn!(error = %e, "fenced by a newer writer; this mount is now read-only");
+            } else {
+                tracing::error!(error = %e, "metadata write failed; this mount is now read-only");
+            }
+            *b = Some((fenced, e.to_string()));
+        }
+    }
+
+    /// Maps a device error from a data write: a fence poisons the mount.
+    pub(crate) fn data_error(&self, e: DeviceError) -> FsError {
+        let e = FsError::Device(e);
+        if matches!(e, FsError::Device(DeviceError::Fenced { .. })) {
+            self.poison(&e);
+            if let Some((_, why)) = &*self.broken.lock() {
+                return FsError::Fenced {
+                    message: why.clone(),
+                };
+            }
+        }
+        e
+    }
+
+    /// Applies `op` in memory and queues it for the next commit.
+    pub(crate) fn push(&self, m: &mut Meta, op: Op, path: &str) -> Result<u64> {
+        m.st.apply(&op, None).map_err(|r| r.at(path))?;
+        m.pending_bytes += op.encoded_len();
+        m.pending.push(op);
+        m.op_seq += 1;
+        Ok(m.op_seq)
+    }
+
+    /// True when queued records should be committed without waiting for
+    /// an fsync, to keep a transaction small next to the ring.
+    pub(crate) fn pending_large(&self, m: &Meta) -> bool {
+        m.pending_bytes as u64 > self.sb.ring_size / 8
+    }
+
+    pub(crate) fn stat_ino(&self, m: &Meta, ino: Ino) -> Option<Stat> {
+        let i = m.st.inodes.get(&ino)?;
+        Some(Stat {
+            ino,
+            kind: i.kind,
+            size: i.size,
+            allocated: i.mapped().count() as u64 * self.sb.block_size,
+            mode: i.mode,
+            nlink: i.nlink,
+            mtime_ns: i.mtime,
+            ctime_ns: i.ctime,
+        })
+    }
+
+    pub(crate) fn op_seq(&self) -> u64 {
+        self.meta.read().op_seq
+    }
+
+    /// Commits every record queued up to `upto` (group commit: one caller
+    /// commits for all who queued before it). With `force_ckpt`, also
+    /// writes a checkpoint. Device writes: the transaction (1, 2 if it
+    /// wraps) + the header (1); a checkpoint adds 2.
+    pub(crate) fn commit(&self, upto: u64, force_ckpt: bool) -> Result<()> {
+        let mut j = self.journal.lock();
+        if j.committed_seq >= upto && !force_ckpt {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let sb = &self.sb;
+        let h = j.header;
+        let (txn, new_end, snapshot, last_seq) = {
+            let mut m = self.meta.write();
+            let ops = std::mem::take(&mut m.pending);
+            m.pending_bytes = 0;
+            let last_seq = m.op_seq;
+            if ops.is_empty() && !force_ckpt {
+                j.committed_seq = last_seq;
+                return Ok(());
+            }
+            let (txn, new_end, fits) = if ops.is_empty() {
+                (None, h.end, true)
+            } else {
+                let txn = journal::encode_txn(sb, h.end, &ops);
+                let new_end = h.end + txn.len() as u64;
+                let fits = new_end - h.start <= sb.ring_size;
+                (Some(txn), new_end, fits)
+            };
+            m.st.stamp(new_end);
+            let want_ckpt = force_ckpt || !fits || new_end - h.start > sb.ring_size / 2;
+            let snapshot = want_ckpt.then(|| m.st.encode());
+            (txn.filter(|_| fits), new_end, snapshot, last_seq)
+        };
+        let had_txn = txn.is_some();
+        let started = std::time::Instant::now();
+        let result = (|| -> Result<()> {
+            if let Some(txn) = &txn {
+                let frame = journal::txn_frame(txn);
+                let inline: &[u8] = if frame.len() <= journal::INLINE_MAX {
+                    frame
+                } else {
+                    &[]
+                };
+                let nh = JournalHeader {
+                    seq: j.header.seq + 1,
+                    end: new_end,
+                    inline_len: inline.len() as u32,
+                    ..j.header
+                };
+                if inline.is_empty() {
+                    journal::write_ring(&*self.dev, sb, h.end, txn)?;
+                    journal::write_header(&*self.dev, sb, &nh, &[])?;
+                } else {
+                    // The header carries the records: both writes go out
+                    // at once, one round trip instead of two. The ring
+                    // copy is complete before the next commit (which no
+                    // longer inlines this one) starts.
+                    let dev = &*self.dev;
+                    let (ring, header) = std::thread::scope(|s| {
+                        let ring = s.spawn(|| journal::write_ring(dev, sb, h.end, txn));
+                        let header = journal::write_header(dev, sb, &nh, inline);
+                        (ring.join(), header)
+                    });
+                    header?;
+                    ring.map_err(|_| FsError::corrupt("journal ring writer panicked"))??;
+                }
+                j.header = nh;
+                j.committed_seq = last_seq;
+                self.metrics.commits_total.inc();
+                self.metrics.journal_bytes_total.inc_by(txn.len() as u64);
+            }
+            if let Some(snap) = &snapshot {
+                let slot = 1 - j.header.ckpt_slot;
+                checkpoint::write(&*self.dev, sb, slot, new_end, snap)?;
+                let nh = JournalHeader {
+                    seq: j.header.seq + 1,
+                    start: new_end,
+                    end: new_end,
+                    ckpt_slot: slot,
+                    inline_len: 0,
+                };
+                journal::write_header(&*self.dev, sb, &nh, &[])?;
+                j.header = nh;
+                j.committed_seq = last_seq;
+                self.metrics.checkpoints_total.inc();
+                tracing::debug!(
+                    lsn = new_end,
+                    slot,
+                    bytes = snap.len(),
+                    "checkpoint written"
+                );
+            }
+            Ok(())
+        })();
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.lsn.set(j.header.end);
+        if let Err(e) = result {
+            self.poison(&e);
+            if had_txn && j.committed_seq >= last_seq {
+                // The records are durable; only the checkpoint after them
+                // failed. The caller's operation stands, later ones fail.
+                return Ok(());
+            }
+            return Err(match &*self.broken.lock() {
+                Some((true, why)) => FsError::Fenced {
+                    message: why.clone(),
+                },
+                _ => e,
+            });
+        }
+        Ok(())
+    }
+
+    fn catch_up(&self) -> Result<Lsn> {
+        let mut j = self.journal.lock();
+        if self.mode == Mode::Rw {
+            return Ok(j.header.end);
+        }
+        let sb = &self.sb;
+        let dev = &*self.dev;
+        let mut last_err = None;
+        for _ in 0..10 {
+            let (h, inline) = journal::read_header_full(dev, sb)?;
+            let applied = j.header.end;
+            if !j.stale && h.start <= applied && applied <= h.end {
+                if h.end == applied {
+                    return Ok(applied);
+                }
+                match read_txns(dev, sb, applied, &h, &inline) {
+                    Ok(txns) => {
+                        // The ring bytes we read were intact if the RW had
+                        // not yet moved `start` past them.
+                        let h2 = journal::read_header(dev, sb)?;
+                        if h2.start <= applied {
+                            let mut m = self.meta.write();
+                            if let Err(e) = apply_txns(&mut m.st, &txns) {
+                                j.stale = true;
+                                return Err(e);
+                            }
+                            j.header = h;
+                            self.metrics.lsn.set(h.end);
+                            return Ok(h.end);
+                        }
+                        last_err = Some(FsError::corrupt("journal lapped during catch-up"));
+                    }
+                    Err((e, true)) => last_err = Some(e),
+                    Err((e, false)) => return Err(e),
+                }
+                continue;
+            }
+            // Lagged past the ring (or first call after a reload): start
+            // again from the checkpoint the header names.
+            match load(dev, sb, &h, &inline) {
+                Ok(st) => {
+                    let h2 = journal::read_header(dev, sb)?;
+                    if h2.start <= h.start {
+                        self.meta.write().st = st;
+                        j.header = h;
+                        j.stale = false;
+                        self.metrics.lsn.set(h.end);
+                        self.metrics.ro_reloads_total.inc();
+                        tracing::info!(lsn = h.end, "RO mount reloaded from checkpoint");
+                        return Ok(h.end);
+                    }
+                    last_err = Some(FsError::corrupt("checkpoint replaced during reload"));
+                }
+                Err((e, true)) => last_err = Some(e),
+                Err((e, false)) => return Err(e),
+            }
+        }
+        j.stale = true;
+        Err(last_err.unwrap_or_else(|| FsError::corrupt("catch-up did not converge")))
+    }
+
+    pub(crate) fn close_ref(&self, ino: Ino) {
+        let mut m = self.meta.write();
+        if let Some(e) = m.open.get_mut(&ino) {
+            e.count -= 1;
+            if e.count == 0 {
+                m.open.remove(&ino);
+            }
+        }
+    }
+}
+
+/// Counts one more handle on `ino`; returns the inode's writer lock.
+fn register_open(m: &mut Meta, ino: Ino) -> Arc<Mutex<()>> {
+    let e = m.open.entry(ino).or_insert_with(|| OpenEntry {
+        count: 0,
+        wlock: Arc::new(Mutex::new(())),
+    });
+    e.count += 1;
+    e.wlock.clone()
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: queued records of a RW that was not unmounted.
+        if self.mode == Mode::Rw
+            && !self.unmounted.load(Ordering::SeqCst)
+            && self.broken.lock().is_none()
+        {
+            if let Err(e) = self.commit(u64::MAX, false) {
+                tracing::warn!(error = %e, "final commit at drop failed");
+            }
+        }
+    }
+}
+
+/// The root inode number.
+pub const ROOT_INO: Ino = ROOT;

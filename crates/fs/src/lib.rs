@@ -1,0 +1,62 @@
+//! pikafs-fs: the file system that lives inside one pikafs volume (the
+//! libpfs analogue of PolarFS).
+//!
+//! Role: one RW mount (the kv node's RocksDB primary) and any number of RO
+//! mounts on other hosts (RocksDB secondaries) share a volume through this
+//! library; FUSE and the `pikafs fs` tools are later callers. It sits on a
+//! [`BlockDevice`]: a [`VolumeDevice`] in production, a [`FileDevice`] or
+//! [`CrashDevice`] in tests and tools.
+//!
+//! Layout (see `docs/fs.md`): superblock, two journal header slots, the
+//! journal ring, two checkpoint slots, the data blocks.
+//!
+//! Invariants:
+//! - every metadata change is a journal record; a transaction commits
+//!   with one atomic 4 KiB header write, issued only after its records are
+//!   durable or carrying a copy of them (inline commit), so a crash at any
+//!   point recovers on mount and an RO never applies half a transaction;
+//! - ordered mode: file data reaches its blocks before the records that
+//!   map them or extend the size are committed;
+//! - blocks freed by unlink, replacing rename or truncate are not reused
+//!   until [`Fs::release_orphans`] says no reader can still see them;
+//! - after a failed metadata write or a fence the RW mount refuses all
+//!   further writes ([`FsError::ReadOnly`] / [`FsError::Fenced`]).
+//!
+//! The API is synchronous and thread-safe; never call it from an async
+//! task without `spawn_blocking`.
+
+mod allocator;
+mod checkpoint;
+pub mod device;
+mod encoding;
+mod error;
+mod file;
+mod fs;
+mod fsck;
+mod journal;
+mod metadata;
+mod metrics;
+mod path;
+mod record;
+pub mod superblock;
+
+#[cfg(feature = "volume")]
+pub use device::VolumeDevice;
+pub use device::{BlockDevice, CrashDevice, FileDevice};
+pub use error::{DeviceError, FsError, Result};
+pub use file::File;
+pub use fs::{mkfs, DirEntry, Fs, Mode, OpenFlags, ReleaseStats, Stat, StatFs, ROOT_INO};
+pub use fsck::{fsck, FsckReport};
+pub use metrics::Metrics;
+pub use path::NAME_MAX;
+pub use record::{Ino, Kind, Lsn};
+pub use superblock::{MkfsOptions, Superblock};
+
+/// Largest file size on a file system with `block_size` blocks (16 TiB
+/// with the default 4 MiB blocks).
+pub fn max_file_size(block_size: u64) -> u64 {
+    metadata::MAX_FILE_BLOCKS * block_size
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! Prometheus metrics of one mount (`pikafs_fs_*`).
+
+use std::sync::atomic::AtomicU64;
+
+use pikafs_proto::metrics_http::latency_buckets;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The metrics of one mount. They count from mount time whether or not
+/// they are registered; cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Latency of a journal commit (transaction + header writes, plus a
+    /// checkpoint when one is due).
+    pub commit_seconds: Histogram,
+    pub commits_total: Counter<u64, AtomicU64>,
+    pub journal_bytes_total: Counter<u64, AtomicU64>,
+    pub checkpoints_total: Counter<u64, AtomicU64>,
+    /// RO mounts that had to reload from a checkpoint (lagged a ring).
+    pub ro_reloads_total: Counter<u64, AtomicU64>,
+    /// Committed (RW) or applied (RO) journal lsn.
+    pub lsn: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            commit_seconds: Histogram::new(latency_buckets()),
+            commits_total: Counter::default(),
+            journal_bytes_total: Counter::default(),
+            checkpoints_total: Counter::default(),
+            ro_reloads_total: Counter::default(),
+            lsn: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics in `registry` with the `pikafs_fs_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("pikafs_fs");
+        r.register(
+            "commit_seconds",
+            "Journal commit latency",
+            self.commit_seconds.clone(),
+        );
+        r.register(
+            "commits",
+            "Journal transactions committed",
+            self.commits_total.clone(),
+        );
+        r.register(
+            "journal_bytes",
+            "Bytes written to the journal ring",
+            self.journal_bytes_total.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "Metadata checkpoints written",
+            self.checkpoints_total.clone(),
+        );
+        r.register(
+            "ro_reloads",
+            "RO reloads from a checkpoint after lagging the ring",
+            self.ro_reloads_total.clone(),
+        );
+        r.register(
+            "lsn",
+            "Committed (RW) or applied (RO) journal position",
+            self.lsn.clone(),
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Journal records: the logical metadata operations a transaction carries.
+//! Applying the same records to the same state gives the same state on
+//! every host (the RW at commit time, the RW at recovery, every RO).
+
+use crate::allocator::Run;
+use crate::encoding::{Dec, Enc};
+use crate::error::FsError;
+
+/// Inode number; 1 is the root directory.
+pub type Ino = u64;
+/// Journal position in bytes since mkfs (monotonic; the ring offset is
+/// `lsn % ring_size`).
+pub type Lsn = u64;
+
+/// Inode kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+impl Kind {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Result<Kind, FsError> {
+        match c {
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Dir),
+            _ => Err(FsError::corrupt(format!("unknown inode kind {c}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// A new file or directory `name` in `parent`.
+    Create {
+        parent: Ino,
+        name: String,
+        ino: Ino,
+        kind: Kind,
+        mode: u32,
+        time: u64,
+    },
+    /// Removes `name` from `parent`: a file becomes an orphan, an (empty)
+    /// directory is deleted.
+    Remove {
+        parent: Ino,
+        name: String,
+        time: u64,
+    },
+    /// Moves an entry; an existing destination file becomes an orphan, an
+    /// existing empty destination directory is deleted.
+    Rename {
+        src_parent: Ino,
+        src_name: String,
+        dst_parent: Ino,
+        dst_name: String,
+        time: u64,
+    },
+    /// Maps logical blocks `logical..` of `ino` to the runs, in order.
+    Map {
+        ino: Ino,
+        logical: u64,
+        runs: Vec<Run>,
+    },
+    /// Sets size and mtime (a write or fallocate grew the file); blocks
+    /// past the size (preallocation) stay mapped.
+    SetSize { ino: Ino, size: u64, mtime: u64 },
+    /// Sets size and mtime and moves every block past the new end,
+    /// preallocated ones included, to the pending-free list.
+    Truncate { ino: Ino, size: u64, mtime: u64 },
+    /// Deletes an orphan and frees its blocks.
+    FreeOrphan { ino: Ino },
+    /// Frees pending blocks released at or before `upto`.
+    ReleasePending { upto: Lsn },
+    /// The data region now has `data_blocks` blocks.
+    Grow { data_blocks: u64 },
+}
+
+impl Op {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        match self {
+            Op::Create {
+                parent,
+                name,
+                ino,
+                kind,
+                mode,
+                time,
+            } => {
+                e.u8(1);
+                e.u64(*parent);
+                e.str(name);
+                e.u64(*ino);
+                e.u8(kind.code());
+                e.u32(*mode);
+                e.u64(*time);
+            }
+            Op::Remove { parent, name, time } => {
+                e.u8(2);
+                e.u64(*parent);
+                e.str(name);
+                e.u64(*time);
+            }
+            Op::Rename {
+                src_parent,
+                src_name,
+                dst_parent,
+                dst_name,
+                time,
+            } => {
+                e.u8(3);
+                e.u64(*src_parent);
+                e.str(src_name);
+                e.u64(*dst_parent);
+                e.str(dst_name);
+                e.u64(*time);
+            }
+            Op::Map { ino, logical, runs } => {
+                e.u8(4);
+                e.u64(*ino);
+                e.u64(*logical);
+                e.u64(runs.len() as u64);
+                for (s, c) in runs {
+                    e.u64(*s);
+                    e.u64(*c);
+                }
+            }
+            Op::SetSize { ino, size, mtime } => {
+                e.u8(5);
+                e.u64(*ino);
+                e.u64(*size);
+                e.u64(*mtime);
+            }
+            Op::Truncate { ino, size, mtime } => {
+                e.u8(9);
+                e.u64(*ino);
+                e.u64(*size);
+                e.u64(*mtime);
+            }
+            Op::FreeOrphan { ino } => {
+                e.u8(6);
+                e.u64(*ino);
+            }
+            Op::ReleasePending { upto } => {
+                e.u8(7);
+                e.u64(*upto);
+            }
+            Op::Grow { data_blocks } => {
+                e.u8(8);
+                e.u64(*data_blocks);
+            }
+        }
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Op, FsError> {
+        Ok(match d.u8()? {
+            1 => Op::Create {
+                parent: d.u64()?,
+                name: d.string()?,
+                ino: d.u64()?,
+                kind: Kind::from_code(d.u8()?)?,
+                mode: d.u32()?,
+                time: d.u64()?,
+            },
+            2 => Op::Remove {
+                parent: d.u64()?,
+                name: d.string()?,
+                time: d.u64()?,
+            },
+            3 => Op::Rename {
+                src_parent: d.u64()?,
+                src_name: d.string()?,
+                dst_parent: d.u64()?,
+                dst_name: d.string()?,
+                time: d.u64()?,
+            },
+            4 => {
+                let ino = d.u64()?;
+                let logical = d.u64()?;
+                let n = d.count(16)?;
+                let mut runs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    runs.push((d.u64()?, d.u64()?));
+                }
+                Op::Map { ino, logical, runs }
+            }
+            5 => Op::SetSize {
+                ino: d.u64()?,
+                size: d.u64()?,
+                mtime: d.u64()?,
+            },
+            6 => Op::FreeOrphan { ino: d.u64()? },
+            7 => Op::ReleasePending { upto: d.u64()? },
+            8 => Op::Grow {
+                data_blocks: d.u64()?,
+            },
+            9 => Op::Truncate {
+                ino: d.u64()?,
+                size: d.u64()?,
+                mtime: d.u64()?,
+            },
+            t => return Err(FsError::corrupt(format!("unknown journal record type {t}"))),
+        })
+    }
+
+    /// Encoded size, for bounding transactions.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let mut e = Enc::default();
+        self.encode(&mut e);
+        e.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_roundtrip() {
+        let ops = vec![
+            Op::Create {
+                parent: 1,
+                name: "a".into(),
+                ino: 2,
+                kind: Kind::File,
+                mode: 0o644,
+                time: 5,
+            },
+            Op::Remove {
+                parent: 1,
+                name: "b".into(),
+                time: 6,
+            },
+            Op::Rename {
+                src_parent: 1,
+                src_name: "x".into(),
+                dst_parent: 3,
+                dst_name: "y".into(),
+                time: 7,
+            },
+            Op::Map {
+                ino: 2,
+                logical: 4,
+                runs: vec![(10, 2), (20, 1)],
+            },
+            Op::SetSize {
+                ino: 2,
+                size: 99,
+                mtime: 8,
+            },
+            Op::Truncate {
+                ino: 2,
+                size: 9,
+                mtime: 9,
+            },
+            Op::FreeOrphan { ino: 9 },
+            Op::ReleasePending { upto: 4096 },
+            Op::Grow { data_blocks: 77 },
+        ];
+        let mut e = Enc::default();
+        for op in &ops {
+            e.u32(op.encoded_len() as u32);
+            op.encode(&mut e);
+        }
+        let mut d = Dec::new(&e.0, "test");
+        for op in &ops {
+            assert_eq!(d.u32().unwrap() as usize, op.encoded_len());
+            assert_eq!(&Op::decode(&mut d).unwrap(), op);
+        }
+        d.finish().unwrap();
+        let mut bad = Dec::new(&[9u8], "test");
+        assert!(Op::decode(&mut bad).is_err());
+    }
+}

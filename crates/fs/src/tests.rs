@@ -1,0 +1,1034 @@
+//! Whole-file-system tests: journal replay, crash recovery at every write,
+//! RO mounts following a RW, ENOSPC, fencing and concurrency.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+
+use crate::*;
+
+const KIB: u64 = 1024;
+const BS: u64 = 64 * KIB;
+
+fn small_opts() -> MkfsOptions {
+    MkfsOptions {
+        block_size: Some(BS),
+        journal_size: Some(64 * KIB),
+        checkpoint_size: Some(256 * KIB),
+    }
+}
+
+fn new_fs(size: u64) -> (Arc<CrashDevice>, Fs) {
+    let dev = Arc::new(CrashDevice::new(size));
+    mkfs(&*dev, &small_opts()).unwrap();
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    (dev, fs)
+}
+
+fn remount(dev: &Arc<CrashDevice>) -> (Arc<CrashDevice>, Fs) {
+    let d = Arc::new(CrashDevice::from_image(dev.image(), None, false));
+    let fs = Fs::mount(d.clone(), Mode::Rw).unwrap();
+    (d, fs)
+}
+
+fn assert_fsck_clean(dev: &dyn BlockDevice) -> FsckReport {
+    let r = fsck(dev).unwrap();
+    assert!(r.is_clean(), "fsck errors: {:#?}", r.errors);
+    r
+}
+
+fn seed_from_env(what: &str) -> u64 {
+    let seed = std::env::var("PIKAFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what} seed {seed} (replay with PIKAFS_SEED={seed})");
+    seed
+}
+
+fn bytes(rng: &mut impl Rng, n: usize) -> Vec<u8> {
+    (0..n).map(|_| rng.gen()).collect()
+}
+
+fn read_all(fs: &Fs, path: &str) -> Vec<u8> {
+    let f = fs.open(path, OpenFlags::read()).unwrap();
+    let size = f.stat().unwrap().size;
+    let data = f.pread(0, size as usize + 10).unwrap();
+    assert_eq!(data.len() as u64, size);
+    data
+}
+
+#[test]
+fn namespace_and_io_survive_remount() {
+    let (dev, fs) = new_fs(16 << 20);
+    fs.mkdir("/db").unwrap();
+    let f = fs.open("/db/a", OpenFlags::create()).unwrap();
+    f.pwrite(0, b"hello").unwrap();
+    assert_eq!(f.append(b" world").unwrap(), 5);
+    // A write past the end leaves a hole that reads as zeros.
+    f.pwrite(200 * KIB, b"tail").unwrap();
+    f.fsync().unwrap();
+    let st = fs.stat("/db/a").unwrap();
+    assert_eq!(st.size, 200 * KIB + 4);
+    assert_eq!(
+        st.allocated,
+        2 * BS,
+        "blocks 0 and 3 only; 1 and 2 are holes"
+    );
+    let data = f.pread(0, 300 * KIB as usize).unwrap();
+    assert_eq!(&data[..11], b"hello world");
+    assert!(data[11..200 * KIB as usize].iter().all(|&b| b == 0));
+    assert_eq!(&data[200 * KIB as usize..], b"tail");
+    assert!(matches!(
+        fs.open(
+            "/db/a",
+            OpenFlags {
+                create: true,
+                exclusive: true,
+                write: true,
+                ..Default::default()
+            }
+        ),
+        Err(FsError::Exists { .. })
+    ));
+    assert!(matches!(
+        fs.open("/db", OpenFlags::read()),
+        Err(FsError::IsDir { .. })
+    ));
+    assert!(matches!(
+        fs.open("/nope/x", OpenFlags::create()),
+        Err(FsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fs.open("/db/a/x", OpenFlags::create()),
+        Err(FsError::NotDir { .. })
+    ));
+    assert!(matches!(fs.rmdir("/db"), Err(FsError::NotEmpty { .. })));
+    let huge = max_file_size(BS);
+    assert!(matches!(
+        f.pwrite(huge, b"x"),
+        Err(FsError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        f.truncate(huge + 1),
+        Err(FsError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        f.fallocate(u64::MAX - 1, 10, true),
+        Err(FsError::TooLarge { .. })
+    ));
+    assert_eq!(FsError::TooLarge { path: "/x".into() }.errno(), libc::EFBIG);
+    assert!(matches!(fs.unlink("/db"), Err(FsError::IsDir { .. })));
+    assert!(matches!(fs.rmdir("/db/a"), Err(FsError::NotDir { .. })));
+    fs.rename("/db/a", "/db/b").unwrap();
+    let g = fs.open("/db/c", OpenFlags::create()).unwrap();
+    g.append(b"ccc").unwrap();
+    g.fsync().unwrap();
+    // Replacing rename: /db/c's old inode (the "ccc" one) goes away.
+    fs.rename("/db/b", "/db/c").unwrap();
+    let names: Vec<String> = fs
+        .readdir("/db")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["c"]);
+    assert_eq!(fs.statfs().orphan_files, 1);
+    drop((f, g));
+    // No unmount: recovery must replay the journal.
+    let (dev2, fs2) = remount(&dev);
+    let data = read_all(&fs2, "/db/c");
+    assert_eq!(&data[..11], b"hello world");
+    assert_eq!(&data[200 * KIB as usize..], b"tail");
+    assert_eq!(fs2.statfs().orphan_files, 1);
+    let freed = fs2.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+    assert_eq!(
+        freed,
+        ReleaseStats {
+            orphans_freed: 1,
+            blocks_freed: 1
+        }
+    );
+    fs2.unlink("/db/c").unwrap();
+    fs2.rmdir("/db").unwrap();
+    fs2.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+    assert_eq!(fs2.statfs().used_bytes, 0);
+    fs2.unmount().unwrap();
+    let r = assert_fsck_clean(&*dev2);
+    assert_eq!((r.files, r.dirs, r.used_blocks), (0, 1, 0));
+}
+
+#[test]
+fn truncate_and_fallocate_keep_reads_defined() {
+    let (dev, fs) = new_fs(16 << 20);
+    let f = fs.open("/f", OpenFlags::create()).unwrap();
+    f.pwrite(0, &vec![0xAB; 3 * BS as usize]).unwrap();
+    f.truncate(10).unwrap();
+    // Growing again must not resurrect the old bytes of the kept block.
+    f.truncate(BS + 5).unwrap();
+    let d = f.pread(0, 2 * BS as usize).unwrap();
+    assert_eq!(d.len() as u64, BS + 5);
+    assert!(d[..10].iter().all(|&b| b == 0xAB));
+    assert!(d[10..].iter().all(|&b| b == 0), "grown range reads zeros");
+    f.fsync().unwrap();
+    let st = fs.statfs();
+    assert_eq!(st.orphan_bytes, 2 * BS, "truncated blocks stay pending");
+    // Preallocation keeps the size; appends then fill it in place.
+    let w = fs.open("/wal", OpenFlags::create()).unwrap();
+    w.fallocate(0, 4 * BS, true).unwrap();
+    assert_eq!(w.stat().unwrap().size, 0);
+    assert_eq!(w.stat().unwrap().allocated, 4 * BS);
+    w.append(b"rec1").unwrap();
+    w.pwrite(100, b"rec2").unwrap();
+    assert_eq!(w.pread(0, 200).unwrap()[4..100], [0u8; 96]);
+    w.fallocate(0, 10, false).unwrap();
+    assert_eq!(w.stat().unwrap().size, 104);
+    w.fallocate(BS * 6, 10, false).unwrap();
+    assert_eq!(w.stat().unwrap().size, BS * 6 + 10);
+    assert!(w
+        .pread(BS * 5, BS as usize + 10)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    w.fsync().unwrap();
+    drop((f, w));
+    let (dev2, fs2) = remount(&dev);
+    assert_eq!(fs2.stat("/wal").unwrap().size, BS * 6 + 10);
+    assert_eq!(&read_all(&fs2, "/wal")[..4], b"rec1");
+    let r = fs2.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+    assert_eq!(r.blocks_freed, 2);
+    fs2.unmount().unwrap();
+    assert_fsck_clean(&*dev2);
+}
+
+#[test]
+fn journal_wraps_and_checkpoints() {
+    // 64 KiB ring: a few dozen commits force many checkpoints and wraps.
+    let (dev, fs) = new_fs(16 << 20);
+    for i in 0..300 {
+        let f = fs
+            .open(&format!("/f{}", i % 37), OpenFlags::create())
+            .unwrap();
+        f.append(format!("line {i}\n").as_bytes()).unwrap();
+        f.fsync().unwrap();
+        if i % 5 == 0 {
+            fs.rename(&format!("/f{}", i % 37), &format!("/g{}", i % 11))
+                .unwrap();
+        }
+    }
+    assert!(fs.lsn() > 10 * 64 * KIB, "the ring wrapped several times");
+    assert!(
+        fs.metrics().checkpoints_total.get() >= 10,
+        "{} checkpoints, lsn {}",
+        fs.metrics().checkpoints_total.get(),
+        fs.lsn()
+    );
+    assert_eq!(fs.metrics().lsn.get(), fs.lsn());
+    let mut reg = prometheus_client::registry::Registry::default();
+    fs.metrics().register(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(text.contains("pikafs_fs_commits_total"), "{text}");
+    let want: BTreeMap<String, Vec<u8>> = fs
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name.clone(), read_all(&fs, &format!("/{}", e.name))))
+        .collect();
+    let (dev2, fs2) = remount(&dev);
+    let got: BTreeMap<String, Vec<u8>> = fs2
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name.clone(), read_all(&fs2, &format!("/{}", e.name))))
+        .collect();
+    assert_eq!(got, want);
+    assert_fsck_clean(&*dev2);
+}
+
+#[test]
+fn uncommitted_records_are_never_applied() {
+    let (dev, fs) = new_fs(16 << 20);
+    let ring = (3 * 4096)..(3 * 4096 + 64 * KIB);
+    let f = fs.open("/a", OpenFlags::create()).unwrap();
+    f.append(b"one").unwrap();
+    f.fsync().unwrap();
+    let before = dev.image();
+    let writes = dev.writes() as usize;
+    f.append(b"two").unwrap();
+    f.fsync().unwrap();
+    let after = dev.image();
+    // The append wrote the data; the fsync the transaction (ring) and the
+    // header (which inlines a transaction this small), in either order.
+    let log = dev.write_log()[writes..].to_vec();
+    assert_eq!(log.len(), 3, "{log:?}");
+    let find = |pred: &dyn Fn(u64) -> bool| *log.iter().find(|(off, _)| pred(*off)).expect("write");
+    let data = find(&|off| off >= fs.superblock().data_off);
+    let txn = find(&|off| ring.contains(&off));
+    let hdr = find(&|off| off < ring.start);
+    let image_with = |writes: &[(u64, usize)]| {
+        let mut img = before.clone();
+        for &(off, len) in writes {
+            img[off as usize..off as usize + len]
+                .copy_from_slice(&after[off as usize..off as usize + len]);
+        }
+        Arc::new(CrashDevice::from_image(img, None, false))
+    };
+    // Data and ring landed, the header did not: not committed.
+    let d = image_with(&[data, txn]);
+    let fs2 = Fs::mount(d.clone(), Mode::Rw).unwrap();
+    assert_eq!(read_all(&fs2, "/a"), b"one");
+    drop(fs2);
+    assert_fsck_clean(&*d);
+    // Data and header landed, the ring write did not: the header's inline
+    // copy commits it, and the RW mount restores the ring copy.
+    let d = image_with(&[data, hdr]);
+    assert_fsck_clean(&*d);
+    assert_eq!(
+        read_all(&Fs::mount(d.clone(), Mode::Ro).unwrap(), "/a"),
+        b"onetwo"
+    );
+    let fs3 = Fs::mount(d.clone(), Mode::Rw).unwrap();
+    assert_eq!(read_all(&fs3, "/a"), b"onetwo");
+    let g = fs3
+        .open(
+            "/a",
+            OpenFlags {
+                write: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    g.append(b"three").unwrap();
+    g.fsync().unwrap();
+    drop(g);
+    drop(fs3);
+    // Now the older transaction is read from the ring.
+    assert_eq!(
+        read_all(&Fs::mount(d.clone(), Mode::Ro).unwrap(), "/a"),
+        b"onetwothree"
+    );
+    assert_fsck_clean(&*d);
+    // A garbled newest header slot falls back to the older header.
+    let mut img = after.clone();
+    img[hdr.0 as usize + 100] ^= 0xFF;
+    let d = Arc::new(CrashDevice::from_image(img, None, false));
+    let fs4 = Fs::mount(d, Mode::Ro).unwrap();
+    assert_eq!(read_all(&fs4, "/a"), b"one");
+}
+
+/// A file's expected bytes: `data` as written, `synced` bytes of it
+/// committed for sure.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct FileModel {
+    data: Vec<u8>,
+    synced: usize,
+}
+
+type Model = BTreeMap<String, FileModel>;
+
+fn sync_all(m: &mut Model) {
+    for f in m.values_mut() {
+        f.synced = f.data.len();
+    }
+}
+
+/// Runs a seeded workload until it ends or an operation fails. Returns the
+/// model as if every attempted op had succeeded, and, if one failed, the
+/// model before it (the crash may land on either side).
+fn crash_workload(fs: &Fs, seed: u64, steps: usize) -> (Model, Option<Model>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model = Model::new();
+    let dirs = ["/", "/a/", "/b/"];
+    for d in ["/a", "/b"] {
+        if fs.mkdir(d).is_err() {
+            return (model.clone(), Some(model));
+        }
+    }
+    let mut next_name = 0;
+    for _ in 0..steps {
+        let mut next = model.clone();
+        let names: Vec<String> = model.keys().cloned().collect();
+        let pick = |rng: &mut rand::rngs::StdRng| names[rng.gen_range(0..names.len())].clone();
+        let r: Result<()> = match rng.gen_range(0..100) {
+            0..=14 => {
+                let path = format!("{}f{next_name}", dirs[rng.gen_range(0..3)]);
+                next_name += 1;
+                sync_all(&mut next);
+                next.insert(path.clone(), FileModel::default());
+                fs.open(
+                    &path,
+                    OpenFlags {
+                        create: true,
+                        exclusive: true,
+                        write: true,
+                        truncate: false,
+                    },
+                )
+                .map(drop)
+            }
+            15..=59 if !names.is_empty() => {
+                let path = pick(&mut rng);
+                let n = if rng.gen_bool(0.7) {
+                    rng.gen_range(1..5000)
+                } else {
+                    rng.gen_range(5000..150_000)
+                };
+                let data = bytes(&mut rng, n);
+                next.get_mut(&path)
+                    .expect("picked")
+                    .data
+                    .extend_from_slice(&data);
+                fs.open(
+                    &path,
+                    OpenFlags {
+                        write: true,
+                        ..Default::default()
+                    },
+                )
+                .and_then(|f| f.append(&data).map(drop))
+            }
+            60..=74 if !names.is_empty() => {
+                sync_all(&mut next);
+                let path = pick(&mut rng);
+                fs.open(&path, OpenFlags::read()).and_then(|f| f.fsync())
+            }
+            75..=82 if !names.is_empty() => {
+                let from = pick(&mut rng);
+                let to = if rng.gen_bool(0.5) {
+                    pick(&mut rng)
+                } else {
+                    next_name += 1;
+                    format!("{}r{next_name}", dirs[rng.gen_range(0..3)])
+                };
+                sync_all(&mut next);
+                if from != to {
+                    let f = next.remove(&from).expect("picked");
+                    next.insert(to.clone(), f);
+                }
+                fs.rename(&from, &to)
+            }
+            83..=89 if !names.is_empty() => {
+                let path = pick(&mut rng);
+                sync_all(&mut next);
+                next.remove(&path);
+                fs.unlink(&path)
+            }
+            90..=91 if !names.is_empty() => {
+                // Preallocate past the end: content unchanged.
+                let path = pick(&mut rng);
+                let from = next[&path].data.len() as u64 + rng.gen_range(0..100_000);
+                let len = rng.gen_range(1..300_000);
+                fs.open(
+                    &path,
+                    OpenFlags {
+                        write: true,
+                        ..Default::default()
+                    },
+                )
+                .and_then(|f| f.fallocate(from, len, true))
+            }
+            92..=93 if !names.is_empty() => {
+                // A write past the end: the gap reads as zeros.
+                let path = pick(&mut rng);
+                let gap = rng.gen_range(0..200_000);
+                let n = rng.gen_range(1..3000);
+                let data = bytes(&mut rng, n);
+                let f = next.get_mut(&path).expect("picked");
+                let at = f.data.len() + gap;
+                f.data.resize(at, 0);
+                f.data.extend_from_slice(&data);
+                fs.open(
+                    &path,
+                    OpenFlags {
+                        write: true,
+                        ..Default::default()
+                    },
+                )
+                .and_then(|f| f.pwrite(at as u64, &data))
+            }
+            94..=95 if !names.is_empty() => {
+                let path = pick(&mut rng);
+                let f = next.get_mut(&path).expect("picked");
+                let keep = rng.gen_range(0..=f.data.len());
+                f.data.truncate(keep);
+                sync_all(&mut next);
+                fs.open(
+                    &path,
+                    OpenFlags {
+                        write: true,
+                        ..Default::default()
+                    },
+                )
+                .and_then(|f| {
+                    f.truncate(keep as u64)?;
+                    f.fsync()
+                })
+            }
+            96..=97 => {
+                sync_all(&mut next);
+                fs.release_orphans(u64::MAX, &HashSet::new()).map(drop)
+            }
+            _ => {
+                sync_all(&mut next);
+                fs.checkpoint()
+            }
+        };
+        match r {
+            Ok(()) => model = next,
+            Err(FsError::NoSpace) => {
+                // Nothing was written for the failed append.
+            }
+            Err(_) => return (next, Some(model)),
+        }
+    }
+    (model, None)
+}
+
+/// Checks a recovered fs against a model; returns why it differs.
+fn matches_model(fs: &Fs, model: &Model) -> Result<(), String> {
+    let mut found = Vec::new();
+    for d in ["/", "/a/", "/b/"] {
+        // A crash during the first mkdirs leaves no /a or /b.
+        let entries = match fs.readdir(d) {
+            Err(FsError::NotFound { .. }) => Vec::new(),
+            r => r.map_err(|e| e.to_string())?,
+        };
+        for e in entries {
+            if e.kind == Kind::File {
+                found.push(format!("{d}{}", e.name));
+            }
+        }
+    }
+    found.sort();
+    let want: Vec<String> = model.keys().cloned().collect();
+    if found != want {
+        return Err(format!("names {found:?}, want {want:?}"));
+    }
+    for (path, f) in model {
+        let got = read_all(fs, path);
+        if got.len() < f.synced || got.len() > f.data.len() {
+            return Err(format!(
+                "{path}: {} bytes, want {}..={}",
+                got.len(),
+                f.synced,
+                f.data.len()
+            ));
+        }
+        if got[..] != f.data[..got.len()] {
+            return Err(format!("{path}: content differs"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_at_every_write_recovers() {
+    let seed = seed_from_env("crash");
+    let steps = 200;
+    let base = CrashDevice::new(4 << 20);
+    mkfs(&base, &small_opts()).unwrap();
+    let image = base.image();
+    // A clean run counts the writes and checks the model without crashes.
+    let dev = Arc::new(CrashDevice::from_image(image.clone(), None, false));
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let (model, failed) = crash_workload(&fs, seed, steps);
+    assert!(failed.is_none(), "seed {seed}: clean run failed");
+    matches_model(&fs, &model).unwrap_or_else(|e| panic!("seed {seed}: clean run: {e}"));
+    drop(fs);
+    let total = dev.writes();
+    println!("seed {seed}: {total} device writes");
+    for tear in [false, true] {
+        for k in 0..total {
+            let dev = Arc::new(CrashDevice::from_image(image.clone(), Some(k), tear));
+            let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+            let (after, before) = crash_workload(&fs, seed, steps);
+            drop(fs);
+            let img = Arc::new(CrashDevice::from_image(dev.image(), None, false));
+            let rep = fsck(&*img).unwrap();
+            assert!(
+                rep.is_clean(),
+                "seed {seed} crash after write {k} tear {tear}: fsck {:#?}",
+                rep.errors
+            );
+            let fs = Fs::mount(img.clone(), Mode::Rw).unwrap_or_else(|e| {
+                panic!("seed {seed} crash after write {k} tear {tear}: mount: {e}")
+            });
+            let ok_after = matches_model(&fs, &after);
+            let ok_before = before.as_ref().map(|b| matches_model(&fs, b));
+            if ok_after.is_err() && !matches!(ok_before, Some(Ok(()))) {
+                panic!("seed {seed} crash after write {k} tear {tear}: after: {ok_after:?}; before: {ok_before:?}");
+            }
+            // The recovered fs keeps working.
+            fs.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+            let f = fs.open("/post-crash", OpenFlags::create()).unwrap();
+            match f.append(b"alive") {
+                Ok(_) | Err(FsError::NoSpace) => {}
+                Err(e) => panic!("seed {seed} crash after write {k}: append after recovery: {e}"),
+            }
+            f.fsync().unwrap();
+            drop(f);
+            fs.unmount().unwrap();
+            assert_fsck_clean(&*img);
+        }
+    }
+}
+
+#[test]
+fn ro_mount_follows_rw_and_keeps_unlinked_files_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol");
+    let rw_dev = Arc::new(FileDevice::create(&path, 16 << 20).unwrap());
+    mkfs(&*rw_dev, &small_opts()).unwrap();
+    let rw = Fs::mount(rw_dev.clone(), Mode::Rw).unwrap();
+    let ro = Fs::mount(Arc::new(FileDevice::open(&path).unwrap()), Mode::Ro).unwrap();
+    assert!(matches!(
+        ro.open("/x", OpenFlags::create()),
+        Err(FsError::ReadOnly { .. })
+    ));
+    assert!(matches!(ro.mkdir("/d"), Err(FsError::ReadOnly { .. })));
+
+    let f = rw.open("/x", OpenFlags::create()).unwrap();
+    let sst = vec![7u8; 3 * BS as usize + 123];
+    f.pwrite(0, &sst).unwrap();
+    // Not yet committed: the RO sees the empty file only.
+    let lsn = ro.catch_up().unwrap();
+    assert_eq!(ro.stat("/x").unwrap().size, 0);
+    f.fsync().unwrap();
+    assert!(ro.catch_up().unwrap() > lsn);
+    assert_eq!(read_all(&ro, "/x"), sst);
+    rw.mkdir("/d").unwrap();
+    rw.rename("/x", "/d/y").unwrap();
+    ro.catch_up().unwrap();
+    assert!(matches!(ro.stat("/x"), Err(FsError::NotFound { .. })));
+    assert_eq!(ro.stat("/d/y").unwrap().size, sst.len() as u64);
+
+    // The RO has the file open; the RW unlinks it and writes a lot.
+    let held = ro.open("/d/y", OpenFlags::read()).unwrap();
+    drop(f);
+    rw.unlink("/d/y").unwrap();
+    let ro_lsn = ro.catch_up().unwrap();
+    assert!(matches!(ro.stat("/d/y"), Err(FsError::NotFound { .. })));
+    let ro_open: HashSet<Ino> = ro.open_inodes().into_iter().collect();
+    assert_eq!(
+        rw.release_orphans(ro_lsn, &ro_open).unwrap().orphans_freed,
+        0
+    );
+    let filler = rw.open("/filler", OpenFlags::create()).unwrap();
+    let free = rw.statfs().free_bytes;
+    filler.pwrite(0, &vec![9u8; free as usize]).unwrap();
+    filler.fsync().unwrap();
+    assert!(matches!(filler.append(&[1; 10]), Err(FsError::NoSpace)));
+    ro.catch_up().unwrap();
+    assert_eq!(
+        held.pread(0, sst.len()).unwrap(),
+        sst,
+        "orphan blocks were not reused"
+    );
+    assert_eq!(ro.statfs().orphan_files, 1);
+    // Closed on the RO: now it can go.
+    drop(held);
+    let ro_open: HashSet<Ino> = ro.open_inodes().into_iter().collect();
+    assert!(ro_open.is_empty());
+    assert_eq!(
+        rw.release_orphans(ro.catch_up().unwrap(), &ro_open)
+            .unwrap()
+            .orphans_freed,
+        1
+    );
+    filler.append(&[1; 10]).unwrap();
+    filler.fsync().unwrap();
+    ro.catch_up().unwrap();
+    assert_eq!(ro.stat("/filler").unwrap().size, free + 10);
+    assert_eq!(ro.statfs(), rw.statfs());
+    drop(filler);
+    rw.unmount().unwrap();
+    assert_fsck_clean(&*rw_dev);
+}
+
+#[test]
+fn lagging_ro_reloads_from_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol");
+    let rw_dev = Arc::new(FileDevice::create(&path, 16 << 20).unwrap());
+    mkfs(&*rw_dev, &small_opts()).unwrap();
+    let rw = Fs::mount(rw_dev.clone(), Mode::Rw).unwrap();
+    let ro = Fs::mount(Arc::new(FileDevice::open(&path).unwrap()), Mode::Ro).unwrap();
+    let start = ro.catch_up().unwrap();
+    for i in 0..100 {
+        let f = rw.open(&format!("/f{i}"), OpenFlags::create()).unwrap();
+        f.append(&[i as u8; 100]).unwrap();
+        f.fsync().unwrap();
+        if i % 3 == 0 {
+            rw.unlink(&format!("/f{i}")).unwrap();
+        }
+    }
+    assert!(
+        rw.lsn() - start > 4 * rw.superblock().ring_size,
+        "the RW lapped the ring"
+    );
+    ro.catch_up().unwrap();
+    assert_eq!(ro.metrics().ro_reloads_total.get(), 1);
+    assert_eq!(ro.readdir("/").unwrap(), rw.readdir("/").unwrap());
+    assert_eq!(read_all(&ro, "/f98"), vec![98u8; 100]);
+    assert_eq!(ro.statfs(), rw.statfs());
+}
+
+#[test]
+fn enospc_leaves_a_consistent_fs() {
+    let (dev, fs) = new_fs(8 << 20);
+    let total = fs.statfs().total_bytes;
+    let f = fs.open("/big", OpenFlags::create()).unwrap();
+    let chunk = vec![5u8; 100_000];
+    let mut written = 0u64;
+    loop {
+        match f.append(&chunk) {
+            Ok(_) => written += chunk.len() as u64,
+            Err(FsError::NoSpace) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(written > total - 2 * chunk.len() as u64 && written <= total);
+    assert!(matches!(
+        fs.open("/other", OpenFlags::create())
+            .and_then(|g| g.append(b"x")),
+        Err(FsError::NoSpace)
+    ));
+    f.fsync().unwrap();
+    assert_eq!(f.stat().unwrap().size, written);
+    assert_eq!(fs.statfs().free_bytes, 0);
+    drop(f);
+    drop(fs);
+    assert_fsck_clean(&*dev);
+    let (dev2, fs2) = remount(&dev);
+    assert_eq!(fs2.stat("/big").unwrap().size, written);
+    fs2.unlink("/big").unwrap();
+    assert_eq!(fs2.statfs().orphan_bytes, fs2.statfs().used_bytes);
+    fs2.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+    assert_eq!(fs2.statfs().free_bytes, total);
+    fs2.unmount().unwrap();
+    assert_fsck_clean(&*dev2);
+}
+
+#[test]
+fn growfs_extends_the_allocator() {
+    let (dev, fs) = new_fs(8 << 20);
+    let before = fs.statfs().total_bytes;
+    dev.grow(12 << 20);
+    let after = fs.growfs().unwrap();
+    assert_eq!(after, before + (4 << 20));
+    let f = fs.open("/f", OpenFlags::create()).unwrap();
+    f.pwrite(0, &vec![1u8; (before + BS) as usize]).unwrap();
+    f.fsync().unwrap();
+    drop(f);
+    // The fs now needs the larger device.
+    let small = Arc::new(CrashDevice::from_image(
+        dev.image()[..8 << 20].to_vec(),
+        None,
+        false,
+    ));
+    assert!(matches!(
+        Fs::mount(small, Mode::Ro),
+        Err(FsError::Corrupt { .. })
+    ));
+    let (dev2, fs2) = remount(&dev);
+    assert_eq!(fs2.statfs().total_bytes, after);
+    fs2.unmount().unwrap();
+    assert_fsck_clean(&*dev2);
+}
+
+/// A device whose writes start failing with `Fenced` on demand.
+struct FenceDevice {
+    inner: CrashDevice,
+    fenced: AtomicBool,
+}
+
+impl BlockDevice for FenceDevice {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, DeviceError> {
+        self.inner.read_at(offset, len)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(DeviceError::Fenced {
+                message: "epoch 3 < 4".into(),
+            });
+        }
+        self.inner.write_at(offset, data)
+    }
+}
+
+#[test]
+fn fenced_writer_refuses_further_writes() {
+    let dev = Arc::new(FenceDevice {
+        inner: CrashDevice::new(8 << 20),
+        fenced: AtomicBool::new(false),
+    });
+    mkfs(&*dev, &small_opts()).unwrap();
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let f = fs.open("/f", OpenFlags::create()).unwrap();
+    f.append(b"ok").unwrap();
+    dev.fenced.store(true, Ordering::SeqCst);
+    assert!(matches!(f.append(b"no"), Err(FsError::Fenced { .. })));
+    dev.fenced.store(false, Ordering::SeqCst);
+    // Sticky, even though the device would accept writes again.
+    assert!(matches!(fs.mkdir("/d"), Err(FsError::Fenced { .. })));
+    assert!(matches!(f.fsync(), Err(FsError::Fenced { .. })));
+    assert_eq!(
+        FsError::Fenced {
+            message: String::new()
+        }
+        .errno(),
+        libc::EROFS
+    );
+    // Reads still work.
+    assert_eq!(f.pread(0, 10).unwrap(), b"ok");
+}
+
+#[test]
+fn many_threads_write_different_files() {
+    let (dev, fs) = new_fs(64 << 20);
+    let threads = 8;
+    let writes = 150;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let fs = fs.clone();
+            s.spawn(move || {
+                let f = fs.open(&format!("/t{t}"), OpenFlags::create()).unwrap();
+                for i in 0..writes {
+                    let rec = vec![(t * 7 + i) as u8; 4096 + t];
+                    f.append(&rec).unwrap();
+                    if i % 4 == 0 {
+                        f.fsync().unwrap();
+                    }
+                }
+                f.fsync().unwrap();
+            });
+        }
+    });
+    let check = |fs: &Fs| {
+        for t in 0..threads {
+            let data = read_all(fs, &format!("/t{t}"));
+            assert_eq!(data.len(), writes * (4096 + t));
+            for (i, rec) in data.chunks(4096 + t).enumerate() {
+                assert!(
+                    rec.iter().all(|&b| b == (t * 7 + i) as u8),
+                    "thread {t} record {i}"
+                );
+            }
+        }
+    };
+    check(&fs);
+    drop(fs);
+    assert_fsck_clean(&*dev);
+    let (_, fs2) = remount(&dev);
+    check(&fs2);
+}
+
+#[test]
+fn fsck_reports_a_damaged_checkpoint() {
+    let (dev, fs) = new_fs(8 << 20);
+    fs.mkdir("/d").unwrap();
+    fs.unmount().unwrap();
+    assert_fsck_clean(&*dev);
+    let sb = Superblock::decode(&dev.read_at(0, 4096).unwrap()).unwrap();
+    // unmount checkpointed into slot 1; damage its payload.
+    let off = sb.ckpt_off[1] + 4096 + 3;
+    let mut b = dev.read_at(off, 1).unwrap();
+    b[0] ^= 0xFF;
+    dev.write_at(off, &b).unwrap();
+    let r = fsck(&*dev).unwrap();
+    assert!(!r.is_clean());
+    assert!(r.errors[0].contains("crc"), "{:?}", r.errors);
+    assert!(matches!(
+        Fs::mount(dev, Mode::Ro),
+        Err(FsError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn reused_blocks_never_leak_old_bytes() {
+    let (dev, fs) = new_fs(8 << 20);
+    // Fill every block with garbage, then free it all.
+    let g = fs.open("/garbage", OpenFlags::create()).unwrap();
+    let free = fs.statfs().free_bytes;
+    g.pwrite(0, &vec![0xEE; free as usize]).unwrap();
+    drop(g);
+    fs.unlink("/garbage").unwrap();
+    fs.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+    let f = fs.open("/f", OpenFlags::create()).unwrap();
+    // Mid-block write into a fresh block, a hole before it.
+    f.pwrite(3 * BS + 100, b"x").unwrap();
+    // Fill a hole below the size: the rest of that fresh block is zeros.
+    f.pwrite(BS + 7, b"y").unwrap();
+    // Preallocated (garbage) blocks that the size later covers.
+    f.fallocate(4 * BS, 2 * BS, true).unwrap();
+    f.pwrite(5 * BS + 10, b"z").unwrap();
+    let data = f.pread(0, 6 * BS as usize).unwrap();
+    assert_eq!(data.len() as u64, 5 * BS + 11);
+    for (i, &b) in data.iter().enumerate() {
+        let want = match i as u64 {
+            x if x == 3 * BS + 100 => b'x',
+            x if x == BS + 7 => b'y',
+            x if x == 5 * BS + 10 => b'z',
+            _ => 0,
+        };
+        assert_eq!(b, want, "byte {i}");
+    }
+    f.fallocate(8 * BS, 10, false).unwrap();
+    f.truncate(9 * BS).unwrap();
+    assert!(f
+        .pread(5 * BS + 11, 9 * BS as usize)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    f.fsync().unwrap();
+    drop(f);
+    fs.unmount().unwrap();
+    assert_fsck_clean(&*dev);
+}
+
+#[test]
+fn batch_larger_than_the_ring_commits_as_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol");
+    let dev = Arc::new(FileDevice::create(&path, 16 << 20).unwrap());
+    mkfs(&*dev, &small_opts()).unwrap();
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let ro = Fs::mount(Arc::new(FileDevice::open(&path).unwrap()), Mode::Ro).unwrap();
+    // Queue far more than 64 KiB of records in one batch.
+    let seq = {
+        let inner = &fs.inner;
+        let mut m = inner.meta.write();
+        for i in 0..1500 {
+            let ino = m.st.next_ino;
+            let op = crate::record::Op::Create {
+                parent: ROOT_INO,
+                name: format!("file-with-a-longish-name-{i}"),
+                ino,
+                kind: Kind::File,
+                mode: 0o644,
+                time: 1,
+            };
+            inner.push(&mut m, op, "/").unwrap();
+        }
+        m.op_seq
+    };
+    fs.inner.commit(seq, false).unwrap();
+    let h = crate::journal::read_header(&*dev, fs.superblock()).unwrap();
+    assert_eq!(h.start, h.end, "committed by a checkpoint alone");
+    ro.catch_up().unwrap();
+    assert_eq!(ro.readdir("/").unwrap().len(), 1500);
+    drop(fs);
+    let fs2 = Fs::mount(dev.clone(), Mode::Ro).unwrap();
+    assert_eq!(fs2.readdir("/").unwrap().len(), 1500);
+    assert_fsck_clean(&*dev);
+}
+
+#[test]
+fn full_checkpoint_slot_turns_the_mount_read_only() {
+    let dev = Arc::new(CrashDevice::new(8 << 20));
+    let opts = MkfsOptions {
+        checkpoint_size: Some(16 * KIB),
+        ..small_opts()
+    };
+    mkfs(&*dev, &opts).unwrap();
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let mut made = 0;
+    let err = loop {
+        match fs.mkdir(&format!("/directory-number-{made:06}")) {
+            Ok(()) => made += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("no space"), "{err}");
+    assert!(matches!(fs.mkdir("/more"), Err(FsError::ReadOnly { .. })));
+    drop(fs);
+    // Everything acknowledged is there; the failed batch is not.
+    let fs = Fs::mount(dev.clone(), Mode::Ro).unwrap();
+    assert_eq!(fs.readdir("/").unwrap().len(), made);
+    assert_fsck_clean(&*dev);
+}
+
+#[test]
+fn ro_catches_up_while_rw_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol");
+    let dev = Arc::new(FileDevice::create(&path, 16 << 20).unwrap());
+    mkfs(&*dev, &small_opts()).unwrap();
+    let rw = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let log = rw.open("/log", OpenFlags::create()).unwrap();
+    let ro = Fs::mount(Arc::new(FileDevice::open(&path).unwrap()), Mode::Ro).unwrap();
+    let done = AtomicBool::new(false);
+    let records = 400u64;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..records {
+                log.append(&[(i % 251) as u8; 100]).unwrap();
+                log.fsync().unwrap();
+                if i % 7 == 0 {
+                    let p = format!("/tmp{}", i % 5);
+                    rw.open(&p, OpenFlags::create())
+                        .unwrap()
+                        .append(&[1; 300])
+                        .unwrap();
+                    rw.unlink(&p).unwrap();
+                    rw.release_orphans(u64::MAX, &HashSet::new()).unwrap();
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        s.spawn(|| {
+            let mut last = 0;
+            let mut rounds = 0;
+            while !done.load(Ordering::SeqCst) || rounds == 0 {
+                let lsn = ro.catch_up().unwrap();
+                assert!(lsn >= last, "applied lsn went back");
+                last = lsn;
+                let data = read_all(&ro, "/log");
+                assert_eq!(data.len() % 100, 0, "a half-applied append is visible");
+                for (i, rec) in data.chunks(100).enumerate() {
+                    assert!(rec.iter().all(|&b| b == (i % 251) as u8), "record {i}");
+                }
+                rounds += 1;
+            }
+        });
+    });
+    ro.catch_up().unwrap();
+    assert_eq!(ro.stat("/log").unwrap().size, records * 100);
+    assert_eq!(ro.statfs(), rw.statfs());
+}
+
+#[test]
+fn wal_append_and_fsync_costs_three_device_writes() {
+    let dev = Arc::new(CrashDevice::new(32 << 20));
+    let opts = MkfsOptions {
+        block_size: Some(BS),
+        journal_size: Some(1 << 20),
+        checkpoint_size: Some(1 << 20),
+    };
+    mkfs(&*dev, &opts).unwrap();
+    let fs = Fs::mount(dev.clone(), Mode::Rw).unwrap();
+    let wal = fs.open("/000001.log", OpenFlags::create()).unwrap();
+    wal.fallocate(0, 8 * BS, true).unwrap();
+    wal.fsync().unwrap();
+    let rec = vec![0x42u8; 4096];
+    for i in 0..50 {
+        let before = dev.writes();
+        wal.append(&rec).unwrap();
+        wal.fsync().unwrap();
+        assert_eq!(
+            dev.writes() - before,
+            3,
+            "append {i}: data + transaction + header"
+        );
+    }
+    // An fsync with nothing queued writes nothing.
+    let before = dev.writes();
+    wal.fsync().unwrap();
+    assert_eq!(dev.writes(), before);
+}
