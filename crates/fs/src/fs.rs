@@ -140,6 +140,35 @@ pub(crate) struct Inner {
     broken: Mutex<Option<(bool, String)>>,
     unmounted: AtomicBool,
     metrics: Metrics,
+    /// Called with the new committed lsn after every durable commit (RW).
+    commit_hook: RwLock<Option<CommitHook>>,
+}
+
+/// See [`Fs::set_commit_hook`].
+pub type CommitHook = Arc<dyn Fn(Lsn) + Send + Sync>;
+
+/// What one [`Fs::catch_up_changes`] applied on an RO mount, for caches
+/// (the FUSE kernel cache) that must forget what changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The applied lsn after the call.
+    pub lsn: Lsn,
+    /// The mount reloaded from a checkpoint: anything may have changed
+    /// (`inodes` and `entries` are then empty).
+    pub reloaded: bool,
+    /// Inodes whose attributes, size, data or entries changed (created,
+    /// written, truncated, removed, renamed, or a directory whose entries
+    /// changed), sorted, no duplicates.
+    pub inodes: Vec<Ino>,
+    /// `(parent, name)` bindings that were added, removed or replaced.
+    pub entries: Vec<(Ino, String)>,
+}
+
+impl Changes {
+    /// True when nothing was applied.
+    pub fn is_empty(&self) -> bool {
+        !self.reloaded && self.inodes.is_empty() && self.entries.is_empty()
+    }
 }
 
 /// A mounted pikafs file system. Cheap to clone; `Send + Sync`, usable
@@ -207,7 +236,7 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     // The superblock goes last: a device with a valid superblock always
     // has a valid journal header and checkpoint.
     dev.write_at(0, &sb.encode())?;
-    tracing::info!(
+    tracing::debug!(
         block_size = sb.block_size,
         data_blocks = sb.data_blocks,
         journal = sb.ring_size,
@@ -286,6 +315,21 @@ pub(crate) fn apply_txns(st: &mut State, txns: &[Txn]) -> Result<(), FsError> {
     Ok(())
 }
 
+/// [`apply_txns`] that notes in `ch` what each record changes.
+fn apply_txns_noting(st: &mut State, txns: &[Txn], ch: &mut Changes) -> Result<(), FsError> {
+    for (end, ops) in txns {
+        for op in ops {
+            note_change(st, op, ch);
+            st.apply(op, Some(*end)).map_err(|r| {
+                FsError::corrupt(format!(
+                    "journal record {op:?} before lsn {end} does not apply: {r:?}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Fs {
     /// Mounts the file system on `dev`: loads the newest checkpoint and
     /// replays the committed journal after it.
@@ -328,7 +372,7 @@ impl Fs {
                 st.alloc.nblocks()
             )));
         }
-        tracing::info!(?mode, start = h.start, end = h.end, "mounted");
+        tracing::debug!(?mode, start = h.start, end = h.end, "mounted");
         let metrics = Metrics::default();
         metrics.lsn.set(h.end);
         Ok(Fs {
@@ -351,6 +395,7 @@ impl Fs {
                 broken: Mutex::new(None),
                 unmounted: AtomicBool::new(false),
                 metrics,
+                commit_hook: RwLock::new(None),
             }),
         })
     }
@@ -734,7 +779,92 @@ impl Fs {
     /// [`FsError::Corrupt`] when the journal cannot be read consistently
     /// after retries; device errors.
     pub fn catch_up(&self) -> Result<Lsn> {
-        self.inner.catch_up()
+        self.inner.catch_up(None)
+    }
+
+    /// [`Fs::catch_up`] that also reports what it applied (RO), so a cache
+    /// in front of this mount can drop exactly the stale entries. On a RW
+    /// mount it returns empty changes at the committed lsn.
+    ///
+    /// # Errors
+    /// As [`Fs::catch_up`].
+    pub fn catch_up_changes(&self) -> Result<Changes> {
+        let mut ch = Changes::default();
+        ch.lsn = self.inner.catch_up(Some(&mut ch))?;
+        ch.inodes.sort_unstable();
+        ch.inodes.dedup();
+        ch.entries.sort();
+        ch.entries.dedup();
+        Ok(ch)
+    }
+
+    /// Installs `hook`, called with the new committed lsn after every
+    /// durable commit of this RW mount (the notification layer pushes it
+    /// to RO mounts). It runs on the committing thread with the journal
+    /// lock held: it must be quick and must not call back into the fs.
+    /// Replaces any earlier hook; `None` removes it.
+    pub fn set_commit_hook(&self, hook: Option<CommitHook>) {
+        *self.inner.commit_hook.write() = hook;
+    }
+
+    /// Stops this RW mount from writing for good, as if the device had
+    /// answered `StaleEpoch` (its mount lease was lost, so a newer writer
+    /// may exist). Every later write fails with [`FsError::Fenced`] naming
+    /// `why`. No effect on an RO mount or a mount already refusing writes.
+    pub fn fence(&self, why: &str) {
+        if self.inner.mode == Mode::Rw {
+            self.inner.poison(&FsError::Fenced {
+                message: why.to_string(),
+            });
+        }
+    }
+
+    /// True when this RW mount refuses writes (fenced, or after a failed
+    /// metadata write). Always false on an RO mount.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.mode == Mode::Rw
+            && (self.inner.broken.lock().is_some() || self.inner.unmounted.load(Ordering::SeqCst))
+    }
+}
+
+/// Records in `ch` what applying `op` to `st` will change; called before
+/// the op is applied, so removed and replaced names still resolve.
+fn note_change(st: &State, op: &Op, ch: &mut Changes) {
+    let lookup = |parent: Ino, name: &str| {
+        st.inodes
+            .get(&parent)
+            .and_then(|p| p.entries.get(name).copied())
+    };
+    match op {
+        Op::Create {
+            parent, name, ino, ..
+        } => {
+            ch.inodes.extend([*parent, *ino]);
+            ch.entries.push((*parent, name.clone()));
+        }
+        Op::Remove { parent, name, .. } => {
+            ch.inodes.push(*parent);
+            ch.inodes.extend(lookup(*parent, name));
+            ch.entries.push((*parent, name.clone()));
+        }
+        Op::Rename {
+            src_parent,
+            src_name,
+            dst_parent,
+            dst_name,
+            ..
+        } => {
+            ch.inodes.extend([*src_parent, *dst_parent]);
+            ch.inodes.extend(lookup(*src_parent, src_name));
+            ch.inodes.extend(lookup(*dst_parent, dst_name));
+            ch.entries.push((*src_parent, src_name.clone()));
+            ch.entries.push((*dst_parent, dst_name.clone()));
+        }
+        Op::Map { ino, .. }
+        | Op::SetSize { ino, .. }
+        | Op::Truncate { ino, .. }
+        | Op::FreeOrphan { ino } => ch.inodes.push(*ino),
+        _ => {}
     }
 }
 
@@ -923,6 +1053,11 @@ impl Inner {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.lsn.set(j.header.end);
+        if j.header.end > h.end {
+            if let Some(hook) = &*self.commit_hook.read() {
+                hook(j.header.end);
+            }
+        }
         if let Err(e) = result {
             self.poison(&e);
             if had_txn && j.committed_seq >= last_seq {
@@ -940,7 +1075,7 @@ impl Inner {
         Ok(())
     }
 
-    fn catch_up(&self) -> Result<Lsn> {
+    fn catch_up(&self, mut changes: Option<&mut Changes>) -> Result<Lsn> {
         let mut j = self.journal.lock();
         if self.mode == Mode::Rw {
             return Ok(j.header.end);
@@ -962,7 +1097,11 @@ impl Inner {
                         let h2 = journal::read_header(dev, sb)?;
                         if h2.start <= applied {
                             let mut m = self.meta.write();
-                            if let Err(e) = apply_txns(&mut m.st, &txns) {
+                            let applied = match changes.as_deref_mut() {
+                                Some(ch) => apply_txns_noting(&mut m.st, &txns, ch),
+                                None => apply_txns(&mut m.st, &txns),
+                            };
+                            if let Err(e) = applied {
                                 j.stale = true;
                                 return Err(e);
                             }
@@ -986,6 +1125,9 @@ impl Inner {
                         self.meta.write().st = st;
                         j.header = h;
                         j.stale = false;
+                        if let Some(ch) = changes.as_deref_mut() {
+                            ch.reloaded = true;
+                        }
                         self.metrics.lsn.set(h.end);
                         self.metrics.ro_reloads_total.inc();
                         tracing::info!(lsn = h.end, "RO mount reloaded from checkpoint");

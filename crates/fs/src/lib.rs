@@ -7,6 +7,12 @@
 //! [`BlockDevice`]: a [`VolumeDevice`] in production, a [`FileDevice`] or
 //! [`CrashDevice`] in tests and tools.
 //!
+//! On a cluster, callers mount through [`session::Mounted`]: it holds the
+//! mount lease at ctrl (the RW's grant bumps the volume epoch and fences
+//! any earlier writer), pushes commit notifications from the RW to RO
+//! mounts, publishes RO positions and open files, and feeds ctrl's
+//! answer to [`Fs::release_orphans`].
+//!
 //! Layout (see `docs/fs.md`): superblock, two journal header slots, the
 //! journal ring, two checkpoint slots, the data blocks.
 //!
@@ -38,6 +44,8 @@ mod metadata;
 mod metrics;
 mod path;
 mod record;
+#[cfg(feature = "volume")]
+pub mod session;
 pub mod superblock;
 
 #[cfg(feature = "volume")]
@@ -45,11 +53,15 @@ pub use device::VolumeDevice;
 pub use device::{BlockDevice, CrashDevice, FileDevice};
 pub use error::{DeviceError, FsError, Result};
 pub use file::File;
-pub use fs::{mkfs, DirEntry, Fs, Mode, OpenFlags, ReleaseStats, Stat, StatFs, ROOT_INO};
+pub use fs::{
+    mkfs, Changes, CommitHook, DirEntry, Fs, Mode, OpenFlags, ReleaseStats, Stat, StatFs, ROOT_INO,
+};
 pub use fsck::{fsck, FsckReport};
 pub use metrics::Metrics;
 pub use path::NAME_MAX;
 pub use record::{Ino, Kind, Lsn};
+#[cfg(feature = "volume")]
+pub use session::{format, MountError, MountOptions, Mounted};
 pub use superblock::{MkfsOptions, Superblock};
 
 /// Largest file size on a file system with `block_size` blocks (16 TiB

@@ -22,6 +22,16 @@ pub struct Metrics {
     pub ro_reloads_total: Counter<u64, AtomicU64>,
     /// Committed (RW) or applied (RO) journal lsn.
     pub lsn: Gauge<u64, AtomicU64>,
+    /// RW: commit notifications written to RO subscribers.
+    pub notify_pushes_total: Counter<u64, AtomicU64>,
+    /// RW: RO mounts subscribed to commit notifications.
+    pub notify_subscribers: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// RO: catch-ups woken by a notification from the writer.
+    pub ro_notified_catch_ups_total: Counter<u64, AtomicU64>,
+    /// RO: catch-ups run by the fallback timer.
+    pub ro_timer_catch_ups_total: Counter<u64, AtomicU64>,
+    /// Lease renewals at ctrl that failed or answered `ok = false`.
+    pub lease_renew_failures_total: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -33,6 +43,11 @@ impl Default for Metrics {
             checkpoints_total: Counter::default(),
             ro_reloads_total: Counter::default(),
             lsn: Gauge::default(),
+            notify_pushes_total: Counter::default(),
+            notify_subscribers: Gauge::default(),
+            ro_notified_catch_ups_total: Counter::default(),
+            ro_timer_catch_ups_total: Counter::default(),
+            lease_renew_failures_total: Counter::default(),
         }
     }
 }
@@ -70,6 +85,31 @@ impl Metrics {
             "lsn",
             "Committed (RW) or applied (RO) journal position",
             self.lsn.clone(),
+        );
+        r.register(
+            "notify_pushes",
+            "Commit notifications written to RO subscribers (RW)",
+            self.notify_pushes_total.clone(),
+        );
+        r.register(
+            "notify_subscribers",
+            "RO mounts subscribed to commit notifications (RW)",
+            self.notify_subscribers.clone(),
+        );
+        r.register(
+            "ro_notified_catch_ups",
+            "RO catch-ups woken by the writer's notification",
+            self.ro_notified_catch_ups_total.clone(),
+        );
+        r.register(
+            "ro_timer_catch_ups",
+            "RO catch-ups run by the fallback timer",
+            self.ro_timer_catch_ups_total.clone(),
+        );
+        r.register(
+            "lease_renew_failures",
+            "Mount lease renewals that failed or were refused",
+            self.lease_renew_failures_total.clone(),
         );
     }
 }

@@ -1032,3 +1032,92 @@ fn wal_append_and_fsync_costs_three_device_writes() {
     wal.fsync().unwrap();
     assert_eq!(dev.writes(), before);
 }
+
+#[test]
+fn catch_up_changes_names_what_changed() {
+    let (dev, rw) = new_fs(16 << 20);
+    rw.mkdir("/d").unwrap();
+    let a = rw.open("/d/a", OpenFlags::create()).unwrap();
+    a.append(b"hello").unwrap();
+    a.fsync().unwrap();
+    let ro = Fs::mount(dev.clone(), Mode::Ro).unwrap();
+    let d_ino = ro.stat("/d").unwrap().ino;
+    let a_ino = ro.stat("/d/a").unwrap().ino;
+    assert!(ro.catch_up_changes().unwrap().is_empty());
+
+    a.append(b" world").unwrap();
+    a.fsync().unwrap();
+    let ch = ro.catch_up_changes().unwrap();
+    assert_eq!(ch.lsn, rw.lsn());
+    assert!(!ch.reloaded);
+    assert_eq!(ch.inodes, vec![a_ino]);
+    assert!(ch.entries.is_empty());
+
+    // A created-then-renamed file in one batch, and a replaced name.
+    rw.open("/d/b", OpenFlags::create()).unwrap();
+    rw.rename("/d/b", "/d/a").unwrap();
+    let b_ino = rw.stat("/d/a").unwrap().ino;
+    let ch = ro.catch_up_changes().unwrap();
+    assert!(ch.inodes.contains(&d_ino), "{ch:?}");
+    assert!(ch.inodes.contains(&a_ino), "replaced inode: {ch:?}");
+    assert!(ch.inodes.contains(&b_ino), "{ch:?}");
+    assert!(ch.entries.contains(&(d_ino, "a".to_string())), "{ch:?}");
+    assert!(ch.entries.contains(&(d_ino, "b".to_string())), "{ch:?}");
+    assert_eq!(ro.stat("/d/a").unwrap().ino, b_ino);
+
+    rw.unlink("/d/a").unwrap();
+    let ch = ro.catch_up_changes().unwrap();
+    assert_eq!(ch.entries, vec![(d_ino, "a".to_string())]);
+    assert_eq!(ch.inodes, {
+        let mut v = vec![d_ino, b_ino];
+        v.sort();
+        v
+    });
+}
+
+#[test]
+fn commit_hook_sees_every_committed_lsn() {
+    let (_dev, rw) = new_fs(16 << 20);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    rw.set_commit_hook(Some(Arc::new(move |lsn| s2.lock().push(lsn))));
+    rw.mkdir("/x").unwrap();
+    let after_mkdir = rw.lsn();
+    let f = rw.open("/x/f", OpenFlags::create()).unwrap();
+    f.append(&[1; 4096]).unwrap();
+    f.fsync().unwrap();
+    // An fsync with nothing queued commits nothing and pushes nothing.
+    f.fsync().unwrap();
+    let v = seen.lock().clone();
+    assert_eq!(v.first(), Some(&after_mkdir));
+    assert_eq!(v.last(), Some(&rw.lsn()));
+    assert_eq!(v.len(), 3, "mkdir, create, fsync: {v:?}");
+    assert!(v.windows(2).all(|w| w[0] < w[1]));
+    rw.set_commit_hook(None);
+    rw.mkdir("/y").unwrap();
+    assert_eq!(seen.lock().len(), 3);
+}
+
+#[test]
+fn fence_refuses_writes_but_keeps_reads() {
+    let (dev, rw) = new_fs(16 << 20);
+    let f = rw.open("/f", OpenFlags::create()).unwrap();
+    f.append(b"kept").unwrap();
+    f.fsync().unwrap();
+    assert!(!rw.is_read_only());
+    rw.fence("lease lost");
+    assert!(rw.is_read_only());
+    let err = f.append(b"x").unwrap_err();
+    assert!(
+        matches!(&err, FsError::Fenced { message } if message.contains("lease lost")),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EROFS);
+    assert!(matches!(rw.mkdir("/z"), Err(FsError::Fenced { .. })));
+    assert_eq!(f.pread(0, 10).unwrap(), b"kept");
+    drop(f);
+    drop(rw);
+    let (_d, again) = remount(&dev);
+    assert_eq!(read_all(&again, "/f"), b"kept");
+    assert!(again.stat("/z").is_err());
+}

@@ -9,6 +9,8 @@
 mod bench;
 mod cluster;
 mod fio;
+mod fs_cmd;
+mod mount_cmd;
 mod playground;
 mod server;
 mod status;
@@ -51,6 +53,11 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Run a local cluster (ctrl + chunkservers) until Ctrl-C.
     Playground(playground::PlaygroundArgs),
+    /// File-system tools: mkfs, ls, cp, cat, mv, rm, df, fsck, ...
+    #[command(subcommand)]
+    Fs(fs_cmd::FsCmd),
+    /// Mount a volume's file system through FUSE until Ctrl-C/SIGTERM.
+    Mount(mount_cmd::MountArgs),
 }
 
 fn init_logging() {
@@ -69,6 +76,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { json } => status::run(&cli.ctrl, json).await,
         Cmd::Bench(cmd) => bench::run(cmd, &cli.ctrl).await,
         Cmd::Playground(args) => playground::run(args).await,
+        Cmd::Fs(cmd) => fs_cmd::run(cmd, &cli.ctrl).await,
+        Cmd::Mount(args) => mount_cmd::run(args, &cli.ctrl).await,
     }
 }
 

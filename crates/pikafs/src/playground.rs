@@ -132,6 +132,29 @@ impl Drop for Cluster {
     }
 }
 
+/// Formats `volume` with a pikafs file system unless it holds one.
+async fn format_volume(ctrl_url: &str, volume: &str) -> anyhow::Result<()> {
+    let opts = pikafs_fs::MountOptions::new(ctrl_url, volume, pikafs_fs::Mode::Rw);
+    let rt = tokio::runtime::Handle::current();
+    let res = tokio::task::spawn_blocking(move || {
+        pikafs_fs::format(&opts, &pikafs_fs::MkfsOptions::default(), false, &rt)
+    })
+    .await
+    .context("mkfs thread")?;
+    match res {
+        Ok(sb) => println!(
+            "formatted {volume}: {} of data space in {} blocks",
+            fmt_size(sb.data_blocks * sb.block_size),
+            fmt_size(sb.block_size)
+        ),
+        Err(pikafs_fs::MountError::AlreadyFormatted { .. }) => {
+            println!("volume {volume} already holds a file system")
+        }
+        Err(e) => return Err(e).with_context(|| format!("mkfs {volume}")),
+    }
+    Ok(())
+}
+
 /// Waits until ctrl answers with enough servers up and copysets placed.
 async fn wait_ready(
     ctrl_url: &str,
@@ -242,6 +265,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(status_err("get volume", e)),
     }
+    format_volume(&ctrl_url, &args.volume).await?;
     println!();
     println!(
         "pikafs playground is up: ctrl at {ctrl_url}, {} chunkservers, data and logs in {}",
@@ -252,15 +276,17 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("  export PIKAFS_CTRL={ctrl_url}");
     println!("  pikafs status");
     println!("  pikafs volume info {}", args.volume);
+    let v = &args.volume;
+    println!("  echo hello > /tmp/hello.txt && pikafs fs cp /tmp/hello.txt {v}:/hello.txt");
+    println!("  pikafs fs ls -l {v}:/");
+    println!("  pikafs fs cat {v}:/hello.txt");
+    println!("  pikafs fs df {v}");
+    println!("  pikafs fs fsck {v}");
     println!(
-        "  echo hello | pikafs volume write {} --offset 0",
-        args.volume
+        "  mkdir -p /tmp/pikafs-mnt && pikafs mount {v} /tmp/pikafs-mnt   # add --ro for a reader"
     );
-    println!("  pikafs volume read {} --offset 0 --len 6", args.volume);
-    println!(
-        "  pikafs bench volume --volume {} --span 256MiB --duration 5s",
-        args.volume
-    );
+    println!("  pikafs fs bench {v} --dir /tmp");
+    println!("(raw `pikafs volume write` / `bench volume` overwrite the file system)");
     println!("press Ctrl-C to stop");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

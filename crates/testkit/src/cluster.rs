@@ -18,6 +18,9 @@ pub struct ClusterOptions {
     pub server_lease: Duration,
     pub heartbeat_interval: Duration,
     pub copysets_per_server: u32,
+    /// ctrl's `--mount-lease` (file-system mount leases); `None` keeps
+    /// ctrl's default.
+    pub mount_lease: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
@@ -29,6 +32,7 @@ impl Default for ClusterOptions {
             server_lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(300),
             copysets_per_server: 3,
+            mount_lease: None,
         }
     }
 }
@@ -101,6 +105,11 @@ impl Cluster {
             "--check-interval".into(),
             "200ms".into(),
         ];
+        let mut args = args;
+        if let Some(lease) = self.opts.mount_lease {
+            args.push("--mount-lease".into());
+            args.push(format!("{}ms", lease.as_millis()));
+        }
         let log = self.dir.path().join("ctrl.log");
         self.ctrl = Some(Proc::spawn("ctrl", &args, &log)?);
         Ok(())

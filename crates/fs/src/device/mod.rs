@@ -9,6 +9,8 @@ mod volume;
 pub use crash::CrashDevice;
 pub use file::FileDevice;
 #[cfg(feature = "volume")]
+pub(crate) use volume::run_blocking;
+#[cfg(feature = "volume")]
 pub use volume::VolumeDevice;
 
 use crate::error::DeviceError;

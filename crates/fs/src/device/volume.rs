@@ -37,7 +37,7 @@ impl VolumeDevice {
 /// Drives `fut` to completion on `handle` from synchronous code: a plain
 /// thread, a `spawn_blocking` thread, or (via `block_in_place`) a worker of
 /// a multi-threaded runtime.
-fn run_blocking<F: std::future::Future>(handle: &Handle, fut: F) -> F::Output {
+pub(crate) fn run_blocking<F: std::future::Future>(handle: &Handle, fut: F) -> F::Output {
     if Handle::try_current().is_ok() {
         tokio::task::block_in_place(|| handle.block_on(fut))
     } else {
