@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use pikafs_fs::{File, Fs, FsError, Ino, Kind, OpenFlags, Stat, NAME_MAX, ROOT_INO};
 
 use crate::inodes::{join, InodeTable};
+use crate::metrics::Metrics;
 
 /// Attribute and entry TTL on a RW mount: nothing else changes the fs.
 pub const RW_TTL: Duration = Duration::from_secs(1);
@@ -59,6 +60,7 @@ pub(crate) struct PikaFuse {
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
+    metrics: Metrics,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -82,7 +84,7 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 }
 
 impl PikaFuse {
-    pub(crate) fn new(fs: Fs, ro: bool) -> PikaFuse {
+    pub(crate) fn new(fs: Fs, ro: bool, metrics: Metrics) -> PikaFuse {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         PikaFuse {
@@ -103,6 +105,7 @@ impl PikaFuse {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -434,12 +437,20 @@ impl Filesystem for PikaFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let t = Instant::now();
         let r = self
             .handle(fh)
             .and_then(|h| h.file.pread(offset, size as usize).map_err(|e| errno(&e)));
+        self.metrics.read_seconds.observe(t.elapsed().as_secs_f64());
         match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Ok(data) => {
+                self.metrics.read_bytes_total.inc_by(data.len() as u64);
+                reply.data(&data)
+            }
+            Err(e) => {
+                self.metrics.errors_total.inc();
+                reply.error(e)
+            }
         }
     }
 
@@ -455,16 +466,26 @@ impl Filesystem for PikaFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let t = Instant::now();
         let r = self.handle(fh).and_then(|h| {
             if !h.writable {
                 return Err(Errno::EBADF);
             }
             h.file.pwrite(offset, data).map_err(|e| errno(&e))
         });
+        self.metrics
+            .write_seconds
+            .observe(t.elapsed().as_secs_f64());
         match r {
-            // A FUSE write request is at most MAX_WRITE bytes.
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
+            Ok(()) => {
+                self.metrics.write_bytes_total.inc_by(data.len() as u64);
+                // A FUSE write request is at most MAX_WRITE bytes.
+                reply.written(data.len() as u32)
+            }
+            Err(e) => {
+                self.metrics.errors_total.inc();
+                reply.error(e)
+            }
         }
     }
 
@@ -504,6 +525,7 @@ impl Filesystem for PikaFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let t = Instant::now();
         let r = self.handle(fh).and_then(|h| {
             if self.ro {
                 // Nothing of an RO mount is dirty.
@@ -511,6 +533,12 @@ impl Filesystem for PikaFuse {
             }
             h.file.fsync().map_err(|e| errno(&e))
         });
+        self.metrics
+            .fsync_seconds
+            .observe(t.elapsed().as_secs_f64());
+        if r.is_err() {
+            self.metrics.errors_total.inc();
+        }
         Self::reply_empty(reply, r);
     }
 

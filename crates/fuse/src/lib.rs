@@ -23,6 +23,7 @@ mod bench;
 mod error;
 mod filesystem;
 mod inodes;
+mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use pikafs_fs::{Fs, Mode};
 pub use bench::{bench, BenchReport};
 pub use error::FuseError;
 pub use filesystem::RW_TTL;
+pub use metrics::Metrics;
 
 /// How [`mount`] serves the fs.
 #[derive(Debug, Clone)]
@@ -74,6 +76,7 @@ impl Default for MountOptions {
 /// [`Session::unmount`] reports them.
 pub struct Session {
     bg: Option<BackgroundSession>,
+    metrics: Metrics,
     poller: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     mountpoint: PathBuf,
 }
@@ -111,13 +114,15 @@ pub fn mount(fs: Fs, mountpoint: &Path, opts: &MountOptions) -> Result<Session, 
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;
-    let fuse = filesystem::PikaFuse::new(fs.clone(), ro);
+    let metrics = Metrics::default();
+    let fuse = filesystem::PikaFuse::new(fs.clone(), ro, metrics.clone());
     let bg = fuser::spawn_mount(fuse, mountpoint, &config).map_err(|source| FuseError::Mount {
         mountpoint: mountpoint.to_path_buf(),
         source,
     })?;
     let mut session = Session {
         bg: Some(bg),
+        metrics,
         poller: None,
         mountpoint: mountpoint.to_path_buf(),
     };
@@ -154,6 +159,20 @@ fn catch_up_loop(fs: &Fs, every: Duration, stop: &AtomicBool) {
 }
 
 impl Session {
+    /// This mount's metrics (register them with [`Metrics::register`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A registry with this mount's metrics and `fs`'s, for
+    /// `pikafs_proto::metrics_http::serve`.
+    pub fn registry(&self, fs: &Fs) -> Arc<prometheus_client::registry::Registry> {
+        let mut r = prometheus_client::registry::Registry::default();
+        self.metrics.register(&mut r);
+        fs.metrics().register(&mut r);
+        Arc::new(r)
+    }
+
     /// Where the fs is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint

@@ -43,6 +43,9 @@ pub struct MountArgs {
     /// FUSE request threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Serve Prometheus metrics (`pikafs_fuse_*`, `pikafs_fs_*`) here.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Instead of serving: write and read back a file of this size
     /// through FUSE and through the native API, print both and exit.
     #[arg(long, value_parser = parse_size, hide = true)]
@@ -154,6 +157,17 @@ pub async fn run(args: MountArgs, ctrl: &str) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if let Some(addr) = args.metrics_listen {
+        let registry = session.registry(&backing.fs());
+        match pikafs_proto::metrics_http::serve(addr, registry).await {
+            Ok(at) => tracing::info!(%at, "serving metrics"),
+            Err(e) => {
+                let _ = unmount(session, &args.dir).await;
+                let _ = blocking(move || backing.unmount()).await;
+                return Err(e).with_context(|| format!("serve metrics on {addr}"));
+            }
+        }
+    }
     let served = match args.bench {
         Some(bytes) => {
             let fs = backing.fs();

@@ -16,7 +16,10 @@ use pikafs_testkit::{Cluster, ClusterOptions};
 fn mounted(dir: &Path) -> bool {
     let want = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str())))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        })
         .unwrap_or(false)
 }
 
