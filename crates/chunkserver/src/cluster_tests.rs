@@ -125,6 +125,24 @@ impl Ctrl for FakeCtrl {
     async fn cluster_status(&self, _: GReq<Empty>) -> Result<GResp<ClusterStatusResponse>, Status> {
         unimpl()
     }
+    async fn acquire_mount(
+        &self,
+        _: GReq<AcquireMountRequest>,
+    ) -> Result<GResp<AcquireMountResponse>, Status> {
+        unimpl()
+    }
+    async fn renew_mount(
+        &self,
+        _: GReq<RenewMountRequest>,
+    ) -> Result<GResp<RenewMountResponse>, Status> {
+        unimpl()
+    }
+    async fn release_mount(&self, _: GReq<ReleaseMountRequest>) -> Result<GResp<Empty>, Status> {
+        unimpl()
+    }
+    async fn list_mounts(&self, _: GReq<VolumeName>) -> Result<GResp<ListMountsResponse>, Status> {
+        unimpl()
+    }
 }
 
 async fn start_ctrl(ctrl: FakeCtrl) -> String {

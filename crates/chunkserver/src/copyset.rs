@@ -291,6 +291,32 @@ impl Group {
         Ok(conf_changed)
     }
 
+    /// Drops in-memory log entries nobody needs, keeping the memory of a
+    /// replica bounded. Called every tick, independently of checkpoints: the
+    /// WAL (truncated only after a checkpoint) is what restarts replay, the
+    /// in-memory log only serves followers that lag.
+    ///
+    /// Keeps `retain_entries`/`retain_bytes` below `applied`; a leader also
+    /// keeps what its recently active followers have not matched yet, up to
+    /// `max_entries`/`max_bytes`. Beyond that a follower gets a snapshot.
+    pub fn compact_log(&mut self, retain: (u64, u64), max: (u64, u64)) {
+        if self.parked.is_some() {
+            return;
+        }
+        let s = self.node.store();
+        let mut to = s.compact_point(retain.0, retain.1);
+        if self.node.raft.state == StateRole::Leader {
+            let me = self.node.raft.id;
+            for (id, p) in self.node.raft.prs().iter() {
+                if *id != me && p.recent_active {
+                    to = to.min(p.matched);
+                }
+            }
+            to = to.max(s.compact_point(max.0, max.1));
+        }
+        self.node.mut_store().compact(to);
+    }
+
     fn conf_applied(&mut self, r: raft::Result<raft::eraftpb::ConfState>) {
         match r {
             Ok(cs) => {

@@ -42,6 +42,10 @@ pub struct VolumeBenchArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run only the tests whose name contains one of these substrings
+    /// (comma-separated, e.g. `--only "randwrite 4k qd32,seqwrite"`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +440,9 @@ pub async fn run(cmd: BenchCmd, ctrl_url: &str) -> anyhow::Result<()> {
     let mut rows: Vec<Outcome> = Vec::new();
     let mut fio_done: Vec<(FioJob, FioResult)> = Vec::new();
     for spec in specs(args.seq_depth) {
+        if !args.only.is_empty() && !args.only.iter().any(|o| spec.name.contains(o.as_str())) {
+            continue;
+        }
         if !spec.write && !rows.iter().any(|r| !r.spec.write) {
             log(format!("prefilling {}", fmt_size(span)));
             prefill(&client, span).await?;
