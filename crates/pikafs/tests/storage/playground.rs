@@ -142,7 +142,15 @@ async fn playground_starts_serves_stops_and_reuses_its_data() {
     let mut p = start(dir.path(), base).await;
     let out = cli(
         base,
-        &["volume", "read", "vol0", "--offset", "536870912", "--len", "16"],
+        &[
+            "volume",
+            "read",
+            "vol0",
+            "--offset",
+            "536870912",
+            "--len",
+            "16",
+        ],
         b"",
     )
     .await;
