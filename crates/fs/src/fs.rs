@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) sb: Superblock,
     pub(crate) mode: Mode,
+    // Lock order: `journal` before `meta`. Never take `journal` while
+    // holding `meta` (a catch-up holding `journal` waits for `meta`).
     pub(crate) meta: RwLock<Meta>,
     journal: Mutex<JournalState>,
     /// Set when the RW can no longer write: (fenced, why).
@@ -663,6 +665,9 @@ impl Fs {
 
     /// Space and object counts.
     pub fn statfs(&self) -> StatFs {
+        // Lock order is journal before meta (commit and catch-up take them
+        // that way); read the position first so no lock is held across.
+        let lsn = self.inner.journal.lock().header.end;
         let m = self.inner.meta.read();
         let bs = self.inner.sb.block_size;
         let files =
@@ -671,7 +676,6 @@ impl Fs {
                 .filter(|i| i.kind == Kind::File && i.nlink > 0)
                 .count() as u64;
         let dirs = m.st.inodes.values().filter(|i| i.kind == Kind::Dir).count() as u64;
-        let lsn = self.inner.journal.lock().header.end;
         StatFs {
             block_size: bs,
             total_bytes: m.st.alloc.nblocks() * bs,

@@ -200,3 +200,57 @@ async fn permanently_lost_server_is_replaced_and_data_verifies() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn io_goes_on_with_ctrl_down_even_across_a_leader_failover() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    cluster.create_volume("v", "1GiB").await.unwrap();
+    let client = open(&cluster, "v").await;
+    let wl = Workload::new(256, client.size());
+    let writers = wl.spawn_writers(&client, 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // ctrl is off the IO path: routes are cached in the client and leaders
+    // are found through NotLeader hints and the member list.
+    let victim = cluster
+        .leaders()
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|(_, l)| *l)
+        .expect("a known leader");
+    cluster.kill_ctrl();
+    let before = wl.acked_count();
+    wait_for("writes with ctrl down", Duration::from_secs(20), || {
+        let wl = wl.clone();
+        async move { (wl.acked_count() > before + 100).then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    // A leader dies while ctrl is still down: raft elects a new one and the
+    // client finds it without ctrl.
+    cluster.kill_server(victim);
+    let before = wl.acked_count();
+    wait_for(
+        "writes after a failover with ctrl down",
+        Duration::from_secs(30),
+        || {
+            let wl = wl.clone();
+            async move { (wl.acked_count() > before + 100).then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(30)));
+    wl.stop();
+    for w in writers {
+        w.await.unwrap();
+    }
+    wl.verify_all(&client).await.unwrap();
+
+    // Everything comes back and heals.
+    cluster.start_ctrl().unwrap();
+    cluster.start_server(victim).unwrap();
+    cluster.wait_healthy(Duration::from_secs(60)).await.unwrap();
+    wl.verify_all(&client).await.unwrap();
+}
