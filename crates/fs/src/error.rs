@@ -61,6 +61,12 @@ pub enum FsError {
     /// On-volume structures failed a check (crc, magic, impossible record).
     #[error("corrupt file system: {what}")]
     Corrupt { what: String },
+    /// An RO mount cannot vouch for the data: its mount lease lapsed (a
+    /// handle opened before the lapse is dead for good; reopen it) or is
+    /// not known valid right now (retry later). Never returned on a RW
+    /// mount.
+    #[error("{path}: RO mount lease lost: {why}")]
+    LeaseLost { path: String, why: String },
     #[error("device: {0}")]
     Device(#[from] DeviceError),
 }
@@ -81,6 +87,7 @@ impl FsError {
             FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
             FsError::TooLarge { .. } => libc::EFBIG,
             FsError::Corrupt { .. } => libc::EUCLEAN,
+            FsError::LeaseLost { .. } => libc::ESTALE,
             FsError::Device(_) => libc::EIO,
         }
     }

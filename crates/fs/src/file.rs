@@ -32,6 +32,8 @@ pub struct File {
     /// Serialises writers of this inode across handles.
     wlock: Arc<Mutex<()>>,
     path: String,
+    /// The RO mount lease generation this handle was opened under.
+    generation: u64,
 }
 
 impl std::fmt::Debug for File {
@@ -64,6 +66,7 @@ impl File {
         writable: bool,
         path: &str,
         wlock: Arc<Mutex<()>>,
+        generation: u64,
     ) -> File {
         File {
             fs,
@@ -71,6 +74,7 @@ impl File {
             writable,
             wlock,
             path: path.to_string(),
+            generation,
         }
     }
 
@@ -88,6 +92,18 @@ impl File {
         FsError::NotFound {
             path: self.path.clone(),
         }
+    }
+
+    /// RO: fails unless the mount lease this handle was opened under is
+    /// still valid (see `crate::lease`). Always Ok on a RW mount.
+    fn check_lease(&self) -> Result<()> {
+        self.fs
+            .lease
+            .check(self.generation)
+            .map_err(|l| FsError::LeaseLost {
+                path: self.path.clone(),
+                why: l.to_string(),
+            })
     }
 
     fn check_write(&self) -> Result<()> {
@@ -111,9 +127,17 @@ impl File {
     /// Reads up to `len` bytes at `offset`; short at end of file. Holes
     /// read as zeros.
     ///
+    /// On an RO mount the lease is checked before and *after* the device
+    /// reads: bytes read while the lease was not certainly valid may belong
+    /// to another file (the RW may have reused the blocks) and are never
+    /// returned.
+    ///
     /// # Errors
-    /// [`FsError::NotFound`] when the inode was freed; device errors.
+    /// [`FsError::LeaseLost`] (RO) when the mount lease lapsed since this
+    /// handle was opened, or is not known valid now; [`FsError::NotFound`]
+    /// when the inode was freed; device errors.
     pub fn pread(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.check_lease()?;
         let bs = self.fs.sb.block_size;
         let data_off = self.fs.sb.data_off;
         // (device offset or None for a hole, length), merged.
@@ -158,6 +182,8 @@ impl File {
                 None => out.resize(out.len() + n as usize, 0),
             }
         }
+        // After the data: the lease must have covered the whole read.
+        self.check_lease()?;
         Ok(out)
     }
 

@@ -14,6 +14,7 @@ use crate::device::BlockDevice;
 use crate::error::{DeviceError, FsError, Result};
 use crate::file::File;
 use crate::journal::{self, JournalHeader, TxnError};
+use crate::lease::ReadLease;
 use crate::metadata::{State, ROOT, UNCOMMITTED};
 use crate::metrics::Metrics;
 use crate::path::{components, resolve, resolve_parent};
@@ -144,6 +145,8 @@ pub(crate) struct Inner {
     metrics: Metrics,
     /// Called with the new committed lsn after every durable commit (RW).
     commit_hook: RwLock<Option<CommitHook>>,
+    /// RO through a session: whether reads can be trusted.
+    pub(crate) lease: ReadLease,
 }
 
 /// See [`Fs::set_commit_hook`].
@@ -398,6 +401,7 @@ impl Fs {
                 unmounted: AtomicBool::new(false),
                 metrics,
                 commit_hook: RwLock::new(None),
+                lease: ReadLease::default(),
             }),
         })
     }
@@ -448,12 +452,22 @@ impl Fs {
     /// # Errors
     /// [`FsError::NotFound`], [`FsError::Exists`] (create + exclusive),
     /// [`FsError::IsDir`], [`FsError::NotDir`], [`FsError::ReadOnly`] for
-    /// writes on an RO mount, [`FsError::NoSpace`], commit errors.
+    /// writes on an RO mount, [`FsError::LeaseLost`] on an RO mount (through
+    /// a session) whose lease is not known valid, [`FsError::NoSpace`],
+    /// commit errors.
     pub fn open(&self, path: &str, flags: OpenFlags) -> Result<File> {
         let wants_write = flags.write || flags.create || flags.truncate;
         if wants_write {
             self.inner.check_writable()?;
         }
+        let generation = self
+            .inner
+            .lease
+            .open_generation()
+            .map_err(|l| FsError::LeaseLost {
+                path: path.to_string(),
+                why: l.to_string(),
+            })?;
         let (ino, created, seq, wlock) = {
             let mut m = self.inner.meta.write();
             let comps = components(path)?;
@@ -511,6 +525,7 @@ impl Fs {
             flags.write || flags.truncate,
             path,
             wlock,
+            generation,
         );
         if created {
             self.inner.commit(seq, false)?;

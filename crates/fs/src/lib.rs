@@ -40,6 +40,7 @@ mod file;
 mod fs;
 mod fsck;
 mod journal;
+mod lease;
 mod metadata;
 mod metrics;
 mod path;

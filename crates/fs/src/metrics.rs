@@ -32,6 +32,8 @@ pub struct Metrics {
     pub ro_timer_catch_ups_total: Counter<u64, AtomicU64>,
     /// Lease renewals at ctrl that failed or answered `ok = false`.
     pub lease_renew_failures_total: Counter<u64, AtomicU64>,
+    /// RO: lease lapses that invalidated every open file handle.
+    pub ro_lease_lapses_total: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
             ro_notified_catch_ups_total: Counter::default(),
             ro_timer_catch_ups_total: Counter::default(),
             lease_renew_failures_total: Counter::default(),
+            ro_lease_lapses_total: Counter::default(),
         }
     }
 }
@@ -110,6 +113,11 @@ impl Metrics {
             "lease_renew_failures",
             "Mount lease renewals that failed or were refused",
             self.lease_renew_failures_total.clone(),
+        );
+        r.register(
+            "ro_lease_lapses",
+            "RO mount lease lapses that invalidated every open file handle",
+            self.ro_lease_lapses_total.clone(),
         );
     }
 }

@@ -27,6 +27,13 @@
 //!   [`Fs::release_orphans`]. The RO renewer publishes `fs.lsn()` then
 //!   `fs.open_inodes()` (that order: a file opened after the lsn was read
 //!   is still linked at a position >= it, so nothing it reads can be freed).
+//! - RO read lease (see `crate::lease`): reads through an RO handle fail
+//!   with [`FsError::LeaseLost`] unless the lease (counted from the send
+//!   time of its last renewal, minus a margin) was valid for the whole
+//!   read and has not lapsed since the handle was opened. A lapse (ctrl
+//!   answers `ok = false`, or no renewal went out in time) kills every
+//!   open handle, then the renewer takes a new lease and catches up
+//!   before opens work again.
 //! - Notification: the RW pushes every committed lsn (8 bytes,
 //!   little-endian) to each TCP subscriber from the commit itself. An RO
 //!   connects to the RW's `notify_addr` (learnt from ctrl, re-fetched on
@@ -173,6 +180,8 @@ struct Shared {
     pushees: Mutex<Vec<TcpStream>>,
     /// RO: the live connection to the notifier (shut down to stop).
     follow_stream: Mutex<Option<TcpStream>>,
+    /// Test hook: the renewer skips its ticks while set.
+    renew_paused: AtomicBool,
 }
 
 impl Shared {
@@ -396,6 +405,8 @@ impl Mounted {
             None => None,
         };
         let notify = listen_addr.map(|a| a.to_string()).unwrap_or_default();
+        // The RO read lease counts from the request's send time.
+        let sent = Instant::now();
         let g = acquire(&ctrl, &rt, &opts.volume, rw, &opts.host, &notify)?;
         let mounted = (|| {
             let dev = open_device(&opts, &rt, rw.then_some(g.epoch))?;
@@ -405,6 +416,11 @@ impl Mounted {
                 });
             }
             let fs = Fs::mount(dev.clone() as Arc<dyn BlockDevice>, opts.mode)?;
+            if !rw {
+                // Mounted (metadata read) after the grant: reads trusted
+                // until the lease may have run out.
+                fs.inner.lease.enforce(sent, g.lease);
+            }
             Ok((dev, fs))
         })();
         let (dev, fs) = match mounted {
@@ -432,6 +448,7 @@ impl Mounted {
             subscribers: Mutex::new(Vec::new()),
             pushees: Mutex::new(Vec::new()),
             follow_stream: Mutex::new(None),
+            renew_paused: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         if let Some(listener) = listener {
@@ -499,6 +516,20 @@ impl Mounted {
     /// then fenced and refuses writes).
     pub fn lease_lost(&self) -> bool {
         self.shared.lease_lost.load(Ordering::SeqCst)
+    }
+
+    /// RO: true while no mount lease is known valid, so reads and opens
+    /// fail with [`FsError::LeaseLost`] (until the renewer takes a new
+    /// lease and catches up). Always false on a RW mount.
+    pub fn read_lease_lapsed(&self) -> bool {
+        self.fs.inner.lease.lapsed()
+    }
+
+    /// Test hook: stops (or resumes) the background lease renewals, to
+    /// simulate a stalled mount whose lease lapses at ctrl.
+    #[doc(hidden)]
+    pub fn pause_renewals(&self, paused: bool) {
+        self.shared.renew_paused.store(paused, Ordering::SeqCst);
     }
 
     /// RO: a channel of what each catch-up applied (empty catch-ups are
@@ -773,11 +804,25 @@ fn dial(addr: &str, interval: Duration) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// RO, after a lapse and a new (or renewed) lease requested at `sent`:
+/// catches up so that nothing the RW freed in the gap stays visible, then
+/// allows opens again. On a failed catch-up opens stay refused; the next
+/// renewal finds the lease lapsed and tries again.
+fn regrant(shared: &Shared, fs: &Fs, sent: Instant, lease: Duration) {
+    match catch_up(shared, fs) {
+        Ok(_) => fs.inner.lease.grant(sent, lease),
+        Err(e) => tracing::warn!(error = %e, "RO catch-up after a lease lapse failed; will retry"),
+    }
+}
+
 fn renew_loop(shared: &Shared, fs: &Fs) {
     loop {
         let every = *shared.lease.lock() / 3;
         if shared.sleep(every) {
             return;
+        }
+        if shared.renew_paused.load(Ordering::SeqCst) {
+            continue;
         }
         if !renew_once(shared, fs) {
             return;
@@ -787,6 +832,8 @@ fn renew_loop(shared: &Shared, fs: &Fs) {
 
 /// One renewal; false when the RW lost its lease (stop renewing).
 fn renew_once(shared: &Shared, fs: &Fs) -> bool {
+    // The RO read lease counts from here (see `crate::lease`).
+    let sent = Instant::now();
     // lsn before open inodes: see the module docs.
     let lsn = fs.lsn();
     let open = if shared.mode == Mode::Ro {
@@ -821,9 +868,13 @@ fn renew_once(shared: &Shared, fs: &Fs) -> bool {
             tracing::warn!(volume = %shared.volume, "RW mount lease lost; refusing writes");
             return false;
         }
-        // An RO lease lapsed (we were too slow, or ctrl restarted): take a
-        // new one. Until it is granted nothing pins our open files.
-        tracing::warn!(volume = %shared.volume, "RO mount lease lapsed; taking a new one");
+        // An RO lease lapsed (we were too slow, or ctrl restarted): the RW
+        // may have reused blocks of our open files, so every handle opened
+        // so far is dead. Take a new lease, reload, then allow opens.
+        let generation = fs.inner.lease.lapse();
+        fs.metrics().ro_lease_lapses_total.inc();
+        tracing::warn!(volume = %shared.volume, generation, "RO mount lease lapsed; open files invalidated, taking a new one");
+        let sent = Instant::now();
         match acquire(
             &shared.ctrl,
             &shared.rt,
@@ -837,6 +888,7 @@ fn renew_once(shared: &Shared, fs: &Fs) -> bool {
                 *shared.lease.lock() = g.lease;
                 *shared.notify_addr.lock() = g.rw_notify_addr;
                 // Published at the next tick; until then ctrl pins all.
+                regrant(shared, fs, sent, g.lease);
                 return true;
             }
             Err(e) => {
@@ -850,6 +902,15 @@ fn renew_once(shared: &Shared, fs: &Fs) -> bool {
     }
     if shared.mode == Mode::Ro {
         *shared.notify_addr.lock() = resp.rw_notify_addr;
+        let lease = *shared.lease.lock();
+        if !fs.inner.lease.extend(sent, lease) {
+            // No renewal was sent before our lease ran out: ctrl may have
+            // stopped counting us in between, whatever it answers now.
+            let generation = fs.inner.lease.lapse();
+            fs.metrics().ro_lease_lapses_total.inc();
+            tracing::warn!(volume = %shared.volume, generation, "RO mount lease ran out before it was renewed; open files invalidated");
+            regrant(shared, fs, sent, lease);
+        }
         return true;
     }
     let pinned: HashSet<u64> = resp.pinned_inodes.into_iter().collect();
@@ -894,6 +955,7 @@ mod tests {
             subscribers: Mutex::new(Vec::new()),
             pushees: Mutex::new(Vec::new()),
             follow_stream: Mutex::new(None),
+            renew_paused: AtomicBool::new(false),
         })
     }
 

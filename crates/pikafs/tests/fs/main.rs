@@ -9,4 +9,5 @@ mod common;
 mod crash;
 mod follow;
 mod orphans;
+mod ro_lease;
 mod space;
