@@ -1053,6 +1053,19 @@ mod tests {
         until(rs, |_| rx.try_recv().ok())
     }
 
+    /// Creates copyset `cs` with this server (id 1) as its only voter and
+    /// waits until it leads and the checkpoint that follows CREATE is done.
+    fn create_single_replica_leader(rs: &mut RaftStore, cs: CopysetId) {
+        rs.handle(InboxMsg::Admin(Admin::Create {
+            copyset: cs,
+            members: vec![1],
+        }));
+        until(rs, |rs| rs.groups[&cs].is_leader().then_some(()));
+        until(rs, |rs| {
+            (!rs.need_checkpoint && rs.inflight.is_none()).then_some(())
+        });
+    }
+
     /// A single-replica copyset survives a crash that loses every chunk
     /// file written since its last checkpoint: the WAL replays them, and
     /// the epoch map is rebuilt by re-applying the log.
@@ -1062,15 +1075,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut rs, _inbox) = open_store(dir.path(), &rt);
-            rs.handle(InboxMsg::Admin(Admin::Create {
-                copyset: 9,
-                members: vec![1],
-            }));
-            until(&mut rs, |rs| rs.groups[&9].is_leader().then_some(()));
             // The checkpoint after CREATE is done; everything below is WAL only.
-            until(&mut rs, |rs| {
-                (!rs.need_checkpoint && rs.inflight.is_none()).then_some(())
-            });
+            create_single_replica_leader(&mut rs, 9);
             assert_eq!(propose_write(&mut rs, 2, 10, b"first"), Response::Ok);
             assert_eq!(propose_write(&mut rs, 2, 4094, b"second"), Response::Ok);
             let stale = propose_write(&mut rs, 1, 0, b"stale");
@@ -1134,14 +1140,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (mut rs, _inbox) = open_store(dir.path(), &rt);
-        rs.handle(InboxMsg::Admin(Admin::Create {
-            copyset: 9,
-            members: vec![1],
-        }));
-        until(&mut rs, |rs| rs.groups[&9].is_leader().then_some(()));
-        until(&mut rs, |rs| {
-            (!rs.need_checkpoint && rs.inflight.is_none()).then_some(())
-        });
+        create_single_replica_leader(&mut rs, 9);
         let checkpoints = rs.shared.metrics.checkpoints_total.get();
         let n = COMPACT_MARGIN as usize * 3;
         let mut waiting = Vec::with_capacity(n);
