@@ -21,6 +21,11 @@ use crate::record::{Ino, Op};
 const PIECE: u64 = 8 << 20;
 /// Largest zero buffer written at once.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Writes up to this size are queued and go out with the next commit
+/// (`crate::pending`); larger ones are written at once.
+const DEFER_MAX: usize = 64 << 10;
+/// Queued data past this is committed without waiting for an fsync.
+const QUEUED_MAX: usize = 1 << 20;
 
 /// An open file. Reads work on any mount; writes need a RW mount and a
 /// handle opened with `write`. Dropping it closes it (an orphan's blocks
@@ -143,6 +148,9 @@ impl File {
         // (device offset or None for a hole, length), merged.
         let mut plan: Vec<(Option<u64>, u64)> = Vec::new();
         let m = self.fs.meta.read();
+        // Queued writes (RW) that the device does not have yet; copied now,
+        // as a commit may drain them before our device reads.
+        let mut queued: Vec<(u64, Vec<u8>)> = Vec::new();
         {
             let inode = m.st.inodes.get(&self.ino).ok_or_else(|| self.gone())?;
             if offset >= inode.size {
@@ -164,6 +172,13 @@ impl File {
                 }
                 pos += n;
             }
+            if !m.data.is_empty() {
+                for &(dev, n) in &plan {
+                    if let Some(d) = dev {
+                        queued.extend(m.data.pieces_in(d, n));
+                    }
+                }
+            }
         }
         // On an RO mount the lock is held across the device reads: a
         // truncate applied by catch-up (after which the RW may reuse the
@@ -178,7 +193,14 @@ impl File {
         let mut out = Vec::with_capacity(len);
         for (dev, n) in plan {
             match dev {
-                Some(d) => out.extend_from_slice(&self.fs.dev.read_at(d, n as usize)?),
+                Some(d) => {
+                    let at = out.len();
+                    out.extend_from_slice(&self.fs.dev.read_at(d, n as usize)?);
+                    for (q_off, q) in queued.iter().filter(|(o, _)| (d..d + n).contains(o)) {
+                        let from = at + (q_off - d) as usize;
+                        out[from..from + q.len()].copy_from_slice(q);
+                    }
+                }
                 None => out.resize(out.len() + n as usize, 0),
             }
         }
@@ -313,22 +335,42 @@ impl File {
                 }
             }
         }
+        let new_size = old_size.max(end);
+        let new_size = (new_size != old_size).then_some(new_size);
+        if segs.iter().map(|s| s.data.len()).sum::<usize>() <= DEFER_MAX {
+            // Small (the WAL pattern): the data goes out with the commit.
+            return self.queue_mapping(&fresh, new_size, false, segs);
+        }
         if let Err(e) = write_segs(&self.fs, segs) {
             let mut m = self.fs.meta.write();
             for &(_, p) in &fresh {
                 m.st.alloc.clear(p);
             }
-            return Err(self.fs.data_error(e));
+            return Err(e);
         }
-        let new_size = old_size.max(end);
-        self.queue_mapping(&fresh, (new_size != old_size).then_some(new_size), false)
+        self.queue_mapping(&fresh, new_size, false, Vec::new())
     }
 
     /// Queues Map records for `fresh` blocks and an optional new size
-    /// (`cut`: a truncate, which also drops blocks past it).
-    fn queue_mapping(&self, fresh: &[(u64, u64)], new_size: Option<u64>, cut: bool) -> Result<()> {
+    /// (`cut`: a truncate, which also drops blocks past it), and `data`
+    /// not yet written, under one lock so a commit takes both or neither.
+    fn queue_mapping(
+        &self,
+        fresh: &[(u64, u64)],
+        new_size: Option<u64>,
+        cut: bool,
+        data: Vec<Seg>,
+    ) -> Result<()> {
         let commit_now = {
             let mut m = self.fs.meta.write();
+            if !data.is_empty() {
+                for seg in data {
+                    m.data.insert(seg.dev_off, seg.data);
+                }
+                // An in-place overwrite queues no record; the bump makes
+                // the next fsync commit (write) it all the same.
+                m.op_seq += 1;
+            }
             let mut i = 0;
             while i < fresh.len() {
                 // A record maps logically contiguous blocks.
@@ -371,7 +413,7 @@ impl File {
                     }
                 }
             }
-            self.fs.pending_large(&m)
+            self.fs.pending_large(&m) || m.data.bytes() > QUEUED_MAX
         };
         if commit_now {
             self.fs.commit(self.fs.op_seq(), false)?;
@@ -406,7 +448,7 @@ impl File {
             }
             inode.size
         };
-        write_segs(&self.fs, segs).map_err(|e| self.fs.data_error(e))?;
+        write_segs(&self.fs, segs)?;
         let keep = size.div_ceil(bs) as usize;
         let has_tail = self
             .fs
@@ -419,7 +461,7 @@ impl File {
         if size == old && !has_tail {
             return Ok(());
         }
-        self.queue_mapping(&[], Some(size), true)
+        self.queue_mapping(&[], Some(size), true, Vec::new())
     }
 
     /// Allocates blocks for `[offset, offset + len)`. With `keep_size` the
@@ -478,15 +520,20 @@ impl File {
             for &(_, p) in &fresh {
                 m.st.alloc.clear(p);
             }
-            return Err(self.fs.data_error(e));
+            return Err(e);
         }
-        self.queue_mapping(&fresh, (new_size != old).then_some(new_size), false)
+        self.queue_mapping(
+            &fresh,
+            (new_size != old).then_some(new_size),
+            false,
+            Vec::new(),
+        )
     }
 
-    /// Makes this file durable: its data is already on the device, so this
-    /// commits the queued metadata (of every file: group commit). WAL
-    /// pattern cost: the append's data write, then the transaction and
-    /// header writes issued together (inline commit).
+    /// Makes this file durable: commits the queued metadata and small
+    /// writes (of every file: group commit). WAL pattern cost: one batch
+    /// of concurrent device writes (header with the records inline, ring
+    /// copy, the appended bytes), i.e. one round trip.
     ///
     /// # Errors
     /// [`FsError::ReadOnly`] / [`FsError::Fenced`] when the mount can no
@@ -511,9 +558,19 @@ fn push_zeros(out: &mut Vec<Seg>, dev_off: u64, len: u64) {
     }
 }
 
-/// Writes the segments, merging neighbours into one device write.
-fn write_segs(fs: &Inner, mut segs: Vec<Seg>) -> Result<(), crate::error::DeviceError> {
+/// Writes the segments straight to the device, merging neighbours into
+/// one device write.
+fn write_segs(fs: &Inner, mut segs: Vec<Seg>) -> Result<()> {
+    let ranges: Vec<(u64, u64)> = segs
+        .iter()
+        .map(|s| (s.dev_off, s.data.len() as u64))
+        .collect();
+    fs.before_direct_write(&ranges)?;
     segs.sort_by_key(|s| s.dev_off);
+    write_sorted(fs, segs).map_err(|e| fs.data_error(e))
+}
+
+fn write_sorted(fs: &Inner, segs: Vec<Seg>) -> Result<(), crate::error::DeviceError> {
     let mut cur: Option<Seg> = None;
     for s in segs {
         match &mut cur {

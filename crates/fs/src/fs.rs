@@ -18,6 +18,7 @@ use crate::lease::ReadLease;
 use crate::metadata::{State, ROOT, UNCOMMITTED};
 use crate::metrics::Metrics;
 use crate::path::{components, resolve, resolve_parent};
+use crate::pending::{self, PendingData};
 use crate::record::{Ino, Kind, Lsn, Op};
 use crate::superblock::{MkfsOptions, Superblock, SECTOR};
 
@@ -118,6 +119,9 @@ pub(crate) struct Meta {
     /// Records applied in memory, not yet committed, in order.
     pending: Vec<Op>,
     pending_bytes: usize,
+    /// Small data writes that go out with the next commit (see
+    /// `crate::pending`); drained together with `pending`.
+    pub(crate) data: PendingData,
     /// Sequence number of the last record pushed.
     pub(crate) op_seq: u64,
     pub(crate) open: HashMap<Ino, OpenEntry>,
@@ -129,6 +133,11 @@ struct JournalState {
     committed_seq: u64,
     /// RO: the in-memory state is unusable and must be reloaded.
     stale: bool,
+    /// RW: device ranges `(offset, len)` guarded by the newest
+    /// transaction's `DataCrc` (its data went out with its header).
+    /// Writing into them before the next header would make that committed
+    /// transaction look torn, so such writes seal it first.
+    last_guard: Vec<(u64, u64)>,
 }
 
 pub(crate) struct Inner {
@@ -349,7 +358,18 @@ impl Fs {
         let sb = Superblock::decode(&dev.read_at(0, SECTOR as usize)?)?;
         let mut tries = 0;
         let (h, st) = loop {
-            let (h, inline) = journal::read_header_full(&*dev, &sb)?;
+            let (mut h, inline, cut) = journal::read_trusted_header(&*dev, &sb)?;
+            if cut && mode == Mode::Rw {
+                // The newest transaction's data never all landed, so its
+                // fsync never returned: drop it for good, so that no
+                // later write can make it look whole.
+                h.seq += 1;
+                journal::write_header(&*dev, &sb, &h, &[])?;
+                tracing::info!(
+                    end = h.end,
+                    "dropped a transaction whose data was incomplete"
+                );
+            }
             match load(&*dev, &sb, &h, &inline) {
                 Ok(st) => {
                     if mode == Mode::Rw && !inline.is_empty() {
@@ -362,6 +382,12 @@ impl Fs {
                             h.ring_end(),
                             &journal::pad_frame(&inline),
                         )?;
+                        // Then seal it: its data guard (checked above) is
+                        // not remembered across mounts, so readers must
+                        // stop checking it before anything is written.
+                        h.seq += 1;
+                        h.inline_len = 0;
+                        journal::write_header(&*dev, &sb, &h, &[])?;
                     }
                     break (h, st);
                 }
@@ -389,6 +415,7 @@ impl Fs {
                     st,
                     pending: Vec::new(),
                     pending_bytes: 0,
+                    data: PendingData::default(),
                     op_seq: 0,
                     open: HashMap::new(),
                 }),
@@ -396,6 +423,7 @@ impl Fs {
                     header: h,
                     committed_seq: 0,
                     stale: false,
+                    last_guard: Vec::new(),
                 }),
                 broken: Mutex::new(None),
                 unmounted: AtomicBool::new(false),
@@ -527,7 +555,10 @@ impl Fs {
             wlock,
             generation,
         );
-        if created {
+        // A new file is committed with the next fsync or namespace
+        // operation (as on ext4, a create is durable once the file or its
+        // directory is fsync'd): create + write + fsync is one commit.
+        if created && self.inner.pending_large(&self.inner.meta.read()) {
             self.inner.commit(seq, false)?;
         }
         if flags.truncate {
@@ -759,6 +790,17 @@ impl Fs {
                         .map(|i| i.mapped().count() as u64)
                         .unwrap_or(0);
                 stats.orphans_freed += 1;
+                // Writes to the orphan still waiting for a commit would
+                // land in blocks that may be reused by then.
+                let (bs, data_off) = (self.inner.sb.block_size, self.inner.sb.data_off);
+                let blocks: Vec<u64> =
+                    m.st.inodes
+                        .get(&ino)
+                        .map(|i| i.mapped().collect())
+                        .unwrap_or_default();
+                for b in blocks {
+                    m.data.remove_range(data_off + b * bs, bs);
+                }
                 self.inner.push(&mut m, Op::FreeOrphan { ino }, "orphan")?;
             }
             let pend: u64 =
@@ -776,6 +818,20 @@ impl Fs {
         };
         self.inner.commit(seq, false)?;
         Ok(stats)
+    }
+
+    /// Commits everything queued (RW): namespace changes, sizes, and the
+    /// data of small writes. What `fsync` of a directory means here; an
+    /// RO mount has nothing to commit.
+    ///
+    /// # Errors
+    /// [`FsError::ReadOnly`] / [`FsError::Fenced`] when the mount can no
+    /// longer write; device errors.
+    pub fn sync(&self) -> Result<()> {
+        if self.inner.mode == Mode::Ro {
+            return Ok(());
+        }
+        self.inner.commit(self.inner.op_seq(), false)
     }
 
     /// Forces a checkpoint now (RW): commits, snapshots the metadata and
@@ -974,9 +1030,14 @@ impl Inner {
     }
 
     /// Commits every record queued up to `upto` (group commit: one caller
-    /// commits for all who queued before it). With `force_ckpt`, also
-    /// writes a checkpoint. Device writes: the transaction (1, 2 if it
-    /// wraps) + the header (1); a checkpoint adds 2.
+    /// commits for all who queued before it), and the data of small writes
+    /// queued with them. With `force_ckpt`, also writes a checkpoint.
+    ///
+    /// Device writes: a small transaction goes out in one batch of
+    /// concurrent writes: the header (carrying the records inline), the
+    /// ring copy, and the queued data, guarded by a `DataCrc` record
+    /// (`crate::pending`). Otherwise the data first, then the ring, then
+    /// the header. A checkpoint adds 2.
     pub(crate) fn commit(&self, upto: u64, force_ckpt: bool) -> Result<()> {
         let mut j = self.journal.lock();
         if j.committed_seq >= upto && !force_ckpt {
@@ -985,15 +1046,32 @@ impl Inner {
         self.check_writable()?;
         let sb = &self.sb;
         let h = j.header;
-        let (txn, new_end, snapshot, last_seq) = {
+        let (txn, new_end, snapshot, last_seq, data, guard) = {
             let mut m = self.meta.write();
-            let ops = std::mem::take(&mut m.pending);
+            let mut ops = std::mem::take(&mut m.pending);
             m.pending_bytes = 0;
+            let data = m.data.take();
             let last_seq = m.op_seq;
-            if ops.is_empty() && !force_ckpt {
+            if ops.is_empty() && data.is_empty() && !force_ckpt {
                 j.committed_seq = last_seq;
                 return Ok(());
             }
+            let data_bytes: usize = data.iter().map(|(_, d)| d.len()).sum();
+            let guard: Vec<(u64, u64)> = if !ops.is_empty()
+                && !data.is_empty()
+                && data_bytes <= GUARD_MAX_BYTES
+                && data.len() <= GUARD_MAX_RANGES
+            {
+                ops.push(Op::DataCrc {
+                    ranges: data
+                        .iter()
+                        .map(|(o, d)| (*o, d.len() as u32, crc32c::crc32c(d)))
+                        .collect(),
+                });
+                data.iter().map(|(o, d)| (*o, d.len() as u64)).collect()
+            } else {
+                Vec::new()
+            };
             let (txn, new_end, fits) = if ops.is_empty() {
                 (None, h.end, true)
             } else {
@@ -1005,18 +1083,38 @@ impl Inner {
             m.st.stamp(new_end);
             let want_ckpt = force_ckpt || !fits || new_end - h.start > sb.ring_size / 2;
             let snapshot = want_ckpt.then(|| m.st.encode());
-            (txn.filter(|_| fits), new_end, snapshot, last_seq)
+            (
+                txn.filter(|_| fits),
+                new_end,
+                snapshot,
+                last_seq,
+                data,
+                guard,
+            )
         };
         let had_txn = txn.is_some();
         let started = std::time::Instant::now();
         let result = (|| -> Result<()> {
+            let data_writes: Vec<(u64, &[u8])> =
+                data.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            if data_writes
+                .iter()
+                .any(|&(o, d)| pending::overlaps_any(&j.last_guard, o, d.len() as u64))
+            {
+                self.seal(&mut j)?;
+            }
+            let frame = txn.as_deref().map(journal::txn_frame);
+            let inline: &[u8] = match frame {
+                Some(f) if f.len() <= journal::INLINE_MAX => f,
+                _ => &[],
+            };
+            // Only a transaction the header carries can be guarded: readers
+            // check the guard of the header's inline transaction.
+            let concurrent = !guard.is_empty() && !inline.is_empty();
+            if !concurrent && !data_writes.is_empty() {
+                self.dev.write_many(&data_writes)?;
+            }
             if let Some(txn) = &txn {
-                let frame = journal::txn_frame(txn);
-                let inline: &[u8] = if frame.len() <= journal::INLINE_MAX {
-                    frame
-                } else {
-                    &[]
-                };
                 let nh = JournalHeader {
                     seq: j.header.seq + 1,
                     end: new_end,
@@ -1027,20 +1125,24 @@ impl Inner {
                     journal::write_ring(&*self.dev, sb, h.end, txn)?;
                     journal::write_header(&*self.dev, sb, &nh, &[])?;
                 } else {
-                    // The header carries the records: both writes go out
-                    // at once, one round trip instead of two. The ring
-                    // copy is complete before the next commit (which no
-                    // longer inlines this one) starts.
-                    let dev = &*self.dev;
-                    let (ring, header) = std::thread::scope(|s| {
-                        let ring = s.spawn(|| journal::write_ring(dev, sb, h.end, txn));
-                        let header = journal::write_header(dev, sb, &nh, inline);
-                        (ring.join(), header)
-                    });
-                    header?;
-                    ring.map_err(|_| FsError::corrupt("journal ring writer panicked"))??;
+                    // One batch: the header carries the records, so it and
+                    // the ring copy (complete before the next commit, which
+                    // no longer inlines this one) go out together, and so
+                    // does guarded data. Header first: a device that writes
+                    // in order (the crash tests) then tears after it.
+                    let (hoff, hbytes) = journal::header_write(sb, &nh, inline);
+                    let mut writes = vec![(hoff, hbytes.as_slice())];
+                    writes.extend(journal::ring_writes(sb, h.end, txn));
+                    if concurrent {
+                        writes.extend(data_writes.iter().copied());
+                    }
+                    self.dev.write_many(&writes)?;
                 }
                 j.header = nh;
+                if concurrent {
+                    self.metrics.guarded_commits_total.inc();
+                }
+                j.last_guard = if concurrent { guard } else { Vec::new() };
                 j.committed_seq = last_seq;
                 self.metrics.commits_total.inc();
                 self.metrics.journal_bytes_total.inc_by(txn.len() as u64);
@@ -1057,7 +1159,7 @@ impl Inner {
                 };
                 journal::write_header(&*self.dev, sb, &nh, &[])?;
                 j.header = nh;
-                j.committed_seq = last_seq;
+                j.last_guard.clear();
                 self.metrics.checkpoints_total.inc();
                 tracing::debug!(
                     lsn = new_end,
@@ -1066,6 +1168,7 @@ impl Inner {
                     "checkpoint written"
                 );
             }
+            j.committed_seq = last_seq;
             Ok(())
         })();
         self.metrics
@@ -1079,6 +1182,15 @@ impl Inner {
         }
         if let Err(e) = result {
             self.poison(&e);
+            // Reads on this (now read-only) mount keep seeing the bytes
+            // that did not make it, as they see the records' effects.
+            let mut m = self.meta.write();
+            for (o, d) in data {
+                if !m.data.overlaps(o, d.len() as u64) {
+                    m.data.insert(o, d);
+                }
+            }
+            drop(m);
             if had_txn && j.committed_seq >= last_seq {
                 // The records are durable; only the checkpoint after them
                 // failed. The caller's operation stands, later ones fail.
@@ -1094,6 +1206,56 @@ impl Inner {
         Ok(())
     }
 
+    /// Rewrites the newest header without its inline transaction, whose
+    /// ring copy is complete by now: readers stop checking that
+    /// transaction's data guard, so its ranges may be written again.
+    fn seal(&self, j: &mut JournalState) -> Result<()> {
+        if j.header.inline_len != 0 {
+            let nh = JournalHeader {
+                seq: j.header.seq + 1,
+                inline_len: 0,
+                ..j.header
+            };
+            journal::write_header(&*self.dev, &self.sb, &nh, &[])?;
+            j.header = nh;
+            self.metrics.seals_total.inc();
+        }
+        j.last_guard.clear();
+        Ok(())
+    }
+
+    /// Called before data is written straight to the device (not queued):
+    /// older queued bytes for the same ranges are committed first (else
+    /// they would land later, over the newer ones), and a newest
+    /// transaction guarding any of the ranges is sealed.
+    ///
+    /// # Errors
+    /// Commit and device errors.
+    pub(crate) fn before_direct_write(&self, ranges: &[(u64, u64)]) -> Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let queued = {
+            let m = self.meta.read();
+            ranges.iter().any(|&(o, l)| m.data.overlaps(o, l))
+        };
+        if queued {
+            self.commit(self.op_seq(), false)?;
+        }
+        let mut j = self.journal.lock();
+        if ranges
+            .iter()
+            .any(|&(o, l)| pending::overlaps_any(&j.last_guard, o, l))
+        {
+            self.check_writable()?;
+            if let Err(e) = self.seal(&mut j) {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     fn catch_up(&self, mut changes: Option<&mut Changes>) -> Result<Lsn> {
         let mut j = self.journal.lock();
         if self.mode == Mode::Rw {
@@ -1103,7 +1265,9 @@ impl Inner {
         let dev = &*self.dev;
         let mut last_err = None;
         for _ in 0..10 {
-            let (h, inline) = journal::read_header_full(dev, sb)?;
+            // A newest transaction whose data is still in flight is left
+            // for the next call (the RW notifies once its fsync returns).
+            let (h, inline, _) = journal::read_trusted_header(dev, sb)?;
             let applied = j.header.end;
             if !j.stale && h.start <= applied && applied <= h.end {
                 if h.end == applied {
@@ -1199,3 +1363,11 @@ impl Drop for Inner {
 
 /// The root inode number.
 pub const ROOT_INO: Ino = ROOT;
+
+/// Most queued data bytes a commit sends together with its header under
+/// a `DataCrc` guard; more is written first (ordered), as its transfer
+/// time dwarfs a round trip anyway. Readers of the newest transaction
+/// re-read this much to check it.
+const GUARD_MAX_BYTES: usize = 256 << 10;
+/// Most ranges one guard lists (each costs 16 bytes of the inline frame).
+const GUARD_MAX_RANGES: usize = 32;

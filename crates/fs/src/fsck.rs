@@ -50,8 +50,18 @@ pub fn fsck(dev: &dyn BlockDevice) -> Result<FsckReport> {
             return Ok(r);
         }
     };
-    let (h, inline) = match journal::read_header_full(dev, &sb) {
-        Ok(h) => h,
+    // As a mount sees it: a newest transaction whose guarded data did not
+    // all land was never acknowledged and does not count.
+    let (h, inline) = match journal::read_trusted_header(dev, &sb) {
+        Ok((h, inline, cut)) => {
+            if cut {
+                r.notes.push(format!(
+                    "the newest transaction (ending at lsn {}) lost its data in a crash and is not counted; the next RW mount drops it",
+                    h.end
+                ));
+            }
+            (h, inline)
+        }
         Err(e) => {
             r.errors.push(e.to_string());
             return Ok(r);

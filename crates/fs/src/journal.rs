@@ -129,8 +129,69 @@ pub(crate) fn write_header(
     h: &JournalHeader,
     inline: &[u8],
 ) -> Result<(), FsError> {
-    dev.write_at(HEADER_OFF + (h.seq % 2) * SECTOR, &h.encode(sb, inline))?;
+    let (off, b) = header_write(sb, h, inline);
+    dev.write_at(off, &b)?;
     Ok(())
+}
+
+/// The device write that commits `h`: its slot's offset and bytes.
+pub(crate) fn header_write(sb: &Superblock, h: &JournalHeader, inline: &[u8]) -> (u64, Vec<u8>) {
+    (HEADER_OFF + (h.seq % 2) * SECTOR, h.encode(sb, inline))
+}
+
+/// Checks the data guard of the header's inline transaction: every range
+/// named by its `Op::DataCrc` records must hold the bytes it was written
+/// with. A transaction whose data went out concurrently with its header
+/// is trusted only then (see `crate::pending`).
+///
+/// # Errors
+/// Device errors, or [`FsError::Corrupt`] when the inline frame does not
+/// parse.
+pub(crate) fn verify_guard(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    h: &JournalHeader,
+    inline: &[u8],
+) -> Result<bool, FsError> {
+    if inline.is_empty() {
+        return Ok(true);
+    }
+    let txns = parse_txns(sb, &pad_frame(inline), h.ring_end())?;
+    for (_, ops) in &txns {
+        for op in ops {
+            if let Op::DataCrc { ranges } = op {
+                for &(off, len, crc) in ranges {
+                    if crc32c::crc32c(&dev.read_at(off, len as usize)?) != crc {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The newest header as far as it can be trusted, with its inline frame:
+/// when the data guarded by the inline transaction is not (yet) all on
+/// the device, the header without that transaction (`end` = its start).
+/// Returns whether it was cut.
+///
+/// # Errors
+/// As [`read_header_full`] and [`verify_guard`].
+pub(crate) fn read_trusted_header(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+) -> Result<(JournalHeader, Vec<u8>, bool), FsError> {
+    let (h, inline) = read_header_full(dev, sb)?;
+    if verify_guard(dev, sb, &h, &inline)? {
+        return Ok((h, inline, false));
+    }
+    let cut = JournalHeader {
+        end: h.ring_end(),
+        inline_len: 0,
+        ..h
+    };
+    Ok((cut, Vec::new(), true))
 }
 
 /// The unpadded frame of an encoded transaction (what a header inlines).
@@ -247,13 +308,22 @@ pub(crate) fn write_ring(
     lsn: Lsn,
     buf: &[u8],
 ) -> Result<(), FsError> {
-    let pos = lsn % sb.ring_size;
-    let first = (buf.len() as u64).min(sb.ring_size - pos) as usize;
-    dev.write_at(RING_OFF + pos, &buf[..first])?;
-    if first < buf.len() {
-        dev.write_at(RING_OFF, &buf[first..])?;
+    for (off, piece) in ring_writes(sb, lsn, buf) {
+        dev.write_at(off, piece)?;
     }
     Ok(())
+}
+
+/// The device writes that put `buf` at ring position `lsn` (two when it
+/// wraps at the ring's end).
+pub(crate) fn ring_writes<'a>(sb: &Superblock, lsn: Lsn, buf: &'a [u8]) -> Vec<(u64, &'a [u8])> {
+    let pos = lsn % sb.ring_size;
+    let first = (buf.len() as u64).min(sb.ring_size - pos) as usize;
+    let mut out = vec![(RING_OFF + pos, &buf[..first])];
+    if first < buf.len() {
+        out.push((RING_OFF, &buf[first..]));
+    }
+    out
 }
 
 /// Reads ring bytes `[lsn, lsn + len)`, wrapping at the ring's end.

@@ -44,6 +44,7 @@ mod lease;
 mod metadata;
 mod metrics;
 mod path;
+mod pending;
 mod record;
 #[cfg(feature = "volume")]
 pub mod session;

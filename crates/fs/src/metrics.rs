@@ -18,6 +18,11 @@ pub struct Metrics {
     pub commits_total: Counter<u64, AtomicU64>,
     pub journal_bytes_total: Counter<u64, AtomicU64>,
     pub checkpoints_total: Counter<u64, AtomicU64>,
+    /// RW: commits whose data went out with the header under a CRC guard.
+    pub guarded_commits_total: Counter<u64, AtomicU64>,
+    /// RW: headers rewritten to seal a guarded transaction before its
+    /// ranges were written again.
+    pub seals_total: Counter<u64, AtomicU64>,
     /// RO mounts that had to reload from a checkpoint (lagged a ring).
     pub ro_reloads_total: Counter<u64, AtomicU64>,
     /// Committed (RW) or applied (RO) journal lsn.
@@ -43,6 +48,8 @@ impl Default for Metrics {
             commits_total: Counter::default(),
             journal_bytes_total: Counter::default(),
             checkpoints_total: Counter::default(),
+            guarded_commits_total: Counter::default(),
+            seals_total: Counter::default(),
             ro_reloads_total: Counter::default(),
             lsn: Gauge::default(),
             notify_pushes_total: Counter::default(),
@@ -78,6 +85,16 @@ impl Metrics {
             "checkpoints",
             "Metadata checkpoints written",
             self.checkpoints_total.clone(),
+        );
+        r.register(
+            "guarded_commits",
+            "Commits whose small data writes went out with the header, CRC-guarded",
+            self.guarded_commits_total.clone(),
+        );
+        r.register(
+            "seals",
+            "Headers rewritten to seal a guarded transaction",
+            self.seals_total.clone(),
         );
         r.register(
             "ro_reloads",

@@ -80,6 +80,11 @@ pub(crate) enum Op {
     ReleasePending { upto: Lsn },
     /// The data region now has `data_blocks` blocks.
     Grow { data_blocks: u64 },
+    /// CRC32C of each device range `(offset, len, crc)` written together
+    /// with this transaction's header rather than before it. No effect on
+    /// the metadata: readers check it before trusting the newest
+    /// transaction (see `journal::verify_guard`).
+    DataCrc { ranges: Vec<(u64, u32, u32)> },
 }
 
 impl Op {
@@ -155,6 +160,15 @@ impl Op {
                 e.u8(8);
                 e.u64(*data_blocks);
             }
+            Op::DataCrc { ranges } => {
+                e.u8(10);
+                e.u64(ranges.len() as u64);
+                for (off, len, crc) in ranges {
+                    e.u64(*off);
+                    e.u32(*len);
+                    e.u32(*crc);
+                }
+            }
         }
     }
 
@@ -205,6 +219,14 @@ impl Op {
                 size: d.u64()?,
                 mtime: d.u64()?,
             },
+            10 => {
+                let n = d.count(16)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ranges.push((d.u64()?, d.u32()?, d.u32()?));
+                }
+                Op::DataCrc { ranges }
+            }
             t => return Err(FsError::corrupt(format!("unknown journal record type {t}"))),
         })
     }
@@ -262,6 +284,9 @@ mod tests {
             Op::FreeOrphan { ino: 9 },
             Op::ReleasePending { upto: 4096 },
             Op::Grow { data_blocks: 77 },
+            Op::DataCrc {
+                ranges: vec![(1 << 40, 4096, 0xdead_beef), (7, 1, 0)],
+            },
         ];
         let mut e = Enc::default();
         for op in &ops {

@@ -10,6 +10,7 @@ mod bench;
 mod cluster;
 mod fio;
 mod fs_cmd;
+mod kv_cmd;
 mod mount_cmd;
 mod playground;
 mod server;
@@ -58,6 +59,8 @@ enum Cmd {
     Fs(fs_cmd::FsCmd),
     /// Mount a volume's file system through FUSE until Ctrl-C/SIGTERM.
     Mount(mount_cmd::MountArgs),
+    /// Run a Redis-compatible kv node (RocksDB primary or secondary).
+    Kv(kv_cmd::KvArgs),
 }
 
 fn init_logging() {
@@ -78,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Playground(args) => playground::run(args).await,
         Cmd::Fs(cmd) => fs_cmd::run(cmd, &cli.ctrl).await,
         Cmd::Mount(args) => mount_cmd::run(args, &cli.ctrl).await,
+        Cmd::Kv(args) => kv_cmd::run(args, &cli.ctrl).await,
     }
 }
 

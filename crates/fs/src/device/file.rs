@@ -102,14 +102,24 @@ impl BlockDevice for FileDevice {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        check_range(offset, data.len(), self.size())?;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|source| DeviceError::Io {
-                op: "pwrite",
-                offset,
-                source,
-            })?;
+        self.write_many(&[(offset, data)])
+    }
+
+    /// Every pwrite, then one fdatasync for all of them.
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<(), DeviceError> {
+        for &(offset, data) in writes {
+            check_range(offset, data.len(), self.size())?;
+        }
+        for &(offset, data) in writes {
+            self.file
+                .write_all_at(data, offset)
+                .map_err(|source| DeviceError::Io {
+                    op: "pwrite",
+                    offset,
+                    source,
+                })?;
+        }
+        let offset = writes.first().map_or(0, |w| w.0);
         self.file.sync_data().map_err(|source| DeviceError::Io {
             op: "fdatasync",
             offset,

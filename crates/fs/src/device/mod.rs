@@ -41,6 +41,21 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// or another [`DeviceError`].
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError>;
 
+    /// Writes every `(offset, data)`; durable when it returns. A device
+    /// may issue them concurrently and in any order (a volume does: one
+    /// round trip for all), so callers must not depend on their order for
+    /// anything but speed. The default writes them one by one, in order,
+    /// which is what the crash tests rely on to tear between them.
+    ///
+    /// # Errors
+    /// As [`BlockDevice::write_at`]; on error any subset may have landed.
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<(), DeviceError> {
+        for &(off, data) in writes {
+            self.write_at(off, data)?;
+        }
+        Ok(())
+    }
+
     /// Re-reads the size (after `pikafs volume grow`).
     ///
     /// # Errors

@@ -1,0 +1,471 @@
+//! The TCP server: accept loop, one task per connection, the background
+//! tasks (active expiry on RW, catch-up on RO) and startup/shutdown.
+//!
+//! Per connection: read what is there, parse every complete request (a
+//! pipeline), execute the batch on a blocking thread, wait until the WAL is
+//! synced past everything the batch wrote or read (group commit), then
+//! write all the replies at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{KvConfig, Runtime};
+use crate::encoding::{meta_key, DBS};
+use crate::engine::{Engine, EngineConfig, Role};
+use crate::error::KvError;
+use crate::resp::{parse_request, Reply};
+use crate::session::{Session, Shared};
+use crate::txn::{decode_meta_row, Space};
+use crate::watch::Watches;
+
+/// Most requests executed per batch; the rest of a long pipeline waits for
+/// the next round so one client cannot hold a thread forever.
+const MAX_BATCH: usize = 1024;
+/// How often active expiry runs, and how many records it examines per db
+/// per run.
+const EXPIRE_INTERVAL: Duration = Duration::from_millis(100);
+const EXPIRE_SCAN: usize = 256;
+
+/// A bound, running kv server.
+pub struct KvServer {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    cfg: KvConfig,
+    registry: Arc<Registry>,
+}
+
+impl KvServer {
+    /// Opens the engine (local directory with the default Env, or the given
+    /// Env), binds the listener and the metrics endpoint.
+    ///
+    /// # Errors
+    /// Invalid config, RocksDB cannot open, or an address cannot be bound.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled bind may leave the engine opening on a
+    /// blocking thread.
+    pub async fn bind(cfg: KvConfig, env: Option<rocksdb::Env>) -> Result<KvServer, KvError> {
+        cfg.validate()?;
+        let ecfg = EngineConfig {
+            path: cfg.dir.clone(),
+            role: cfg.role,
+            secondary_path: cfg.secondary_dir.clone(),
+            memory_bytes: cfg.memory_bytes,
+            env,
+            fsync: cfg.appendfsync,
+        };
+        let engine = tokio::task::spawn_blocking(move || Engine::open(ecfg))
+            .await
+            .map_err(|e| KvError::Config(format!("engine open task: {e}")))??;
+        let (registry, metrics) = crate::metrics::registry();
+        if let Some(w) = engine.wal() {
+            w.set_observer(metrics.wal_observer());
+        }
+        let watches = Arc::new(Watches::default());
+        {
+            let w = watches.clone();
+            engine.add_key_modified_hook(Arc::new(move |t| w.touched(t)));
+        }
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| KvError::Bind {
+                addr: cfg.listen.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr()?;
+        if let Some(m) = cfg.metrics {
+            pikafs_proto::metrics_http::serve(m, registry.clone())
+                .await
+                .map_err(|source| KvError::Bind {
+                    addr: m.to_string(),
+                    source,
+                })?;
+        }
+        let shared = Arc::new(Shared {
+            engine,
+            runtime: Runtime {
+                requirepass: RwLock::new(cfg.requirepass.clone()),
+                maxmemory: RwLock::new(cfg.memory_bytes as u64),
+                max_clients: RwLock::new(cfg.max_clients),
+                ignored: RwLock::new(Default::default()),
+            },
+            watches,
+            metrics,
+            clients: Mutex::new(Default::default()),
+            next_client_id: AtomicU64::new(1),
+            started: Instant::now(),
+            run_id: format!("{:040x}", rand::random::<u128>()),
+            listen: local,
+            commands_processed: AtomicU64::new(0),
+            connections_received: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            expired_keys: AtomicU64::new(0),
+        });
+        Ok(KvServer {
+            shared,
+            listener,
+            local,
+            cfg,
+            registry,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The engine: the lead wires fs journal notifications to
+    /// `engine().catch_up_trigger()`.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes connections, syncs
+    /// the WAL a last time and stops the engine's background work.
+    ///
+    /// # Errors
+    /// None today once bound; reserved for fatal engine errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: cancel through `shutdown` instead.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), KvError> {
+        let tracker = TaskTracker::new();
+        let shared = self.shared.clone();
+        match self.cfg.role {
+            Role::Rw => {
+                tracker.spawn(expire_loop(shared.clone(), shutdown.clone()));
+            }
+            Role::Ro => {
+                tracker.spawn(catch_up_loop(
+                    shared.clone(),
+                    self.cfg.catch_up_interval,
+                    shutdown.clone(),
+                ));
+            }
+        }
+        tracing::info!(addr = %self.local, role = self.cfg.role.name(), dir = %self.cfg.dir.display(), "kv server listening");
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            shared.connections_received.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.connections_total.inc();
+            let _ = sock.set_nodelay(true);
+            if shared.clients.lock().len() >= *shared.runtime.max_clients.read() {
+                shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                tracker.spawn(async move {
+                    let mut sock = sock;
+                    let _ = sock
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+                continue;
+            }
+            let kill = shutdown.child_token();
+            let session = Session::new(shared.clone(), peer, kill.clone());
+            tracker.spawn(connection(shared.clone(), sock, peer, session, kill));
+        }
+        tracker.close();
+        // Connections notice the cancelled parent token and finish their
+        // current batch (including its durability wait).
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        let engine = shared.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        tracing::info!("kv server stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves `cfg` until `shutdown`.
+///
+/// # Errors
+/// As [`KvServer::bind`].
+///
+/// # Cancel safety
+/// Not cancel safe; cancel through `shutdown`.
+pub async fn run(
+    cfg: KvConfig,
+    env: Option<rocksdb::Env>,
+    shutdown: CancellationToken,
+) -> Result<(), KvError> {
+    KvServer::bind(cfg, env).await?.serve(shutdown).await
+}
+
+#[tracing::instrument(skip_all, fields(conn = session.id(), peer = %peer))]
+async fn connection(
+    shared: Arc<Shared>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    session: Session,
+    kill: CancellationToken,
+) {
+    shared.metrics.connections.inc();
+    let mut session = Some(session);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    'conn: loop {
+        // Parse every complete request already buffered.
+        let mut batch = Vec::new();
+        let mut proto_err = None;
+        while batch.len() < MAX_BATCH {
+            match parse_request(&mut buf) {
+                Ok(Some(req)) => {
+                    if !req.is_empty() {
+                        batch.push(req);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    proto_err = Some(e);
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() && proto_err.is_none() {
+            let n = tokio::select! {
+                _ = kill.cancelled() => break 'conn,
+                r = sock.read_buf(&mut buf) => r,
+            };
+            match n {
+                Ok(0) => {
+                    tracing::debug!("client closed the connection");
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "read failed");
+                    break;
+                }
+            }
+        }
+        let mut s = session
+            .take()
+            .expect("session is returned after each batch");
+        let engine = shared.engine.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut touched = false;
+            for req in batch {
+                let o = s.execute(req);
+                touched |= o.touched_data || o.seq.is_some();
+                if let Some(r) = o.reply {
+                    replies.push(r);
+                }
+                if s.closing {
+                    break;
+                }
+            }
+            // Everything the batch wrote or read is at or below this.
+            let seq = touched.then(|| engine.applied_sequence());
+            (s, replies, seq)
+        })
+        .await;
+        let (s, replies, seq) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "command execution panicked; closing the connection");
+                break;
+            }
+        };
+        let closing = s.closing;
+        session = Some(s);
+        if let (Some(seq), Some(w)) = (seq, shared.engine.wal()) {
+            let t = Instant::now();
+            let r = w.wait_durable(seq).await;
+            shared
+                .metrics
+                .durable_wait_seconds
+                .observe(t.elapsed().as_secs_f64());
+            if let Err(e) = r {
+                // Never acknowledge what may not be on disk.
+                let _ = sock.write_all(format!("-ERR {e}\r\n").as_bytes()).await;
+                break;
+            }
+        }
+        out.clear();
+        for r in &replies {
+            r.encode(&mut out);
+        }
+        if let Some(e) = &proto_err {
+            shared.metrics.protocol_errors.inc();
+            tracing::info!(error = %e, "protocol error; closing the connection");
+            Reply::Error(format!("ERR {e}")).encode(&mut out);
+        }
+        if let Err(e) = sock.write_all(&out).await {
+            tracing::debug!(error = %e, "write failed");
+            break;
+        }
+        if proto_err.is_some() {
+            // Closing with unread bytes makes the kernel send RST, which can
+            // destroy the error reply before the client reads it: half-close
+            // and drain briefly first.
+            let _ = sock.shutdown().await;
+            let mut sink = [0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.read(&mut sink)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            break;
+        }
+        if closing {
+            break;
+        }
+        // Do not let a huge idle buffer linger after a big request.
+        if buf.is_empty() && buf.capacity() > (1 << 20) {
+            buf = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+    let _ = sock.shutdown().await;
+    shared.metrics.connections.dec();
+    // Session drop (unwatch, client registry) may block briefly: do it here.
+    drop(session);
+}
+
+/// RW: removes expired keys in the background, so they stop counting and
+/// their space is reclaimed even if never read again.
+async fn expire_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut cursors: Vec<Vec<u8>> = (0..DBS).map(|db| vec![db]).collect();
+    let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sh = shared.clone();
+        let cur = std::mem::take(&mut cursors);
+        let r = tokio::task::spawn_blocking(move || expire_pass(&sh, cur)).await;
+        match r {
+            Ok((c, n)) => {
+                cursors = c;
+                if n > 0 {
+                    shared.expired_keys.fetch_add(n, Ordering::Relaxed);
+                    shared.metrics.expired_keys.inc_by(n);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "active expiry panicked");
+                cursors = (0..DBS).map(|db| vec![db]).collect();
+            }
+        }
+    }
+}
+
+/// One pass over up to `EXPIRE_SCAN` records per db from each db's cursor.
+fn expire_pass(shared: &Shared, mut cursors: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, u64) {
+    let eng = &shared.engine;
+    let mut removed = 0;
+    for db in 0..DBS {
+        let hi = vec![db + 1];
+        let expired: Vec<Vec<u8>> = {
+            let t = eng.read_txn(db);
+            let rows = match t.scan_raw(
+                Space::Meta,
+                &cursors[db as usize],
+                Some(&hi),
+                EXPIRE_SCAN,
+                false,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "active expiry scan failed");
+                    continue;
+                }
+            };
+            cursors[db as usize] = match rows.last() {
+                Some((k, _)) if rows.len() == EXPIRE_SCAN => {
+                    let mut n = k.clone();
+                    n.push(0);
+                    n
+                }
+                _ => vec![db],
+            };
+            let now = t.now_ms();
+            rows.iter()
+                .filter_map(|(k, v)| decode_meta_row(k, v).ok())
+                .filter(|(_, m)| m.is_expired(now))
+                .map(|(k, _)| k)
+                .collect()
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let mut t = eng.write_txn(db);
+        for k in &expired {
+            // Re-check under the write lock: the key may have been rewritten.
+            let still = t
+                .get_raw(Space::Meta, &meta_key(db, k))
+                .ok()
+                .flatten()
+                .and_then(|raw| crate::encoding::Meta::decode(&raw).ok())
+                .is_some_and(|m| m.is_expired(t.now_ms()));
+            if still {
+                t.delete_key(k);
+                removed += 1;
+            }
+        }
+        if let Err(e) = t.commit() {
+            tracing::warn!(error = %e, "active expiry commit failed");
+        }
+    }
+    (cursors, removed)
+}
+
+/// RO: catches up with the primary on every trigger notification, or at
+/// least every `interval` (the local-directory fallback).
+async fn catch_up_loop(shared: Arc<Shared>, interval: Duration, shutdown: CancellationToken) {
+    let trigger = shared.engine.catch_up_trigger();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = trigger.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let eng = shared.engine.clone();
+        let r = tokio::task::spawn_blocking(move || eng.catch_up()).await;
+        match r {
+            Ok(Ok(())) => {
+                shared.metrics.catch_ups.inc();
+                if failing {
+                    tracing::info!("catch-up with the primary recovered");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) => {
+                shared.metrics.catch_up_errors.inc();
+                if !failing {
+                    tracing::warn!(error = %e, "catch-up with the primary failed; retrying");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "catch-up task panicked"),
+        }
+    }
+}

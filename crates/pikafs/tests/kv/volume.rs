@@ -1,0 +1,189 @@
+//! kv on a pikafs volume: RocksDB's files go through the in-process
+//! FileSystem plugin to the fs layer on a replicated volume. A RW primary
+//! and an RO secondary share the volume; the RW is SIGKILLed under load
+//! and restarted, and no acknowledged write is lost.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pikafs_testkit::{free_port, wait_for, Cluster, ClusterOptions, Proc};
+use redis::aio::MultiplexedConnection;
+
+const VOL: &str = "kvvol";
+
+fn spawn(ctrl: &str, role: &str, port: u16, local: &Path) -> Proc {
+    let args: Vec<String> = [
+        "--ctrl",
+        ctrl,
+        "kv",
+        "--role",
+        role,
+        "--volume",
+        VOL,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--local-dir",
+        &local.display().to_string(),
+        "--memory",
+        "64MiB",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    std::fs::create_dir_all(local).expect("local dir");
+    let log = local.with_extension(format!("{port}.log"));
+    Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv")
+}
+
+async fn connect(port: u16, proc: &Proc) -> MultiplexedConnection {
+    let url = format!("redis://127.0.0.1:{port}/");
+    let r = wait_for(
+        "kv node on a volume serves",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let c = redis::Client::open(url).ok()?;
+                let mut c = c.get_multiplexed_async_connection().await.ok()?;
+                let pong: String = redis::cmd("PING").query_async(&mut c).await.ok()?;
+                (pong == "PONG").then_some(c)
+            }
+        },
+    )
+    .await;
+    r.unwrap_or_else(|e| {
+        panic!(
+            "{e}; log:\n{}",
+            std::fs::read_to_string(&proc.log).unwrap_or_default()
+        )
+    })
+}
+
+async fn get(c: &mut MultiplexedConnection, k: &str) -> Option<String> {
+    redis::cmd("GET").arg(k).query_async(c).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_and_ro_on_a_volume_survive_sigkill_of_the_writer() {
+    let cluster = Cluster::start(ClusterOptions {
+        mount_lease: Some(Duration::from_secs(2)),
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster");
+    cluster.create_volume(VOL, "4GiB").await.expect("volume");
+    let out = cluster.cli(&["fs", "mkfs", VOL]).await.expect("mkfs runs");
+    assert!(out.status.success(), "mkfs: {out:?}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ctrl = cluster.ctrl_url();
+
+    let rw_port = free_port();
+    let mut rw = spawn(&ctrl, "rw", rw_port, &tmp.path().join("rw"));
+    let mut c = connect(rw_port, &rw).await;
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    for i in 0..500 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        let _: () = redis::cmd("SET")
+            .arg(&k)
+            .arg(&v)
+            .query_async(&mut c)
+            .await
+            .expect("SET");
+        acked.lock().unwrap().insert(k, v);
+    }
+
+    // An RO node on the same volume sees the writes (woken by the fs
+    // journal's notifications) and refuses writes.
+    let ro_port = free_port();
+    let ro = spawn(&ctrl, "ro", ro_port, &tmp.path().join("ro"));
+    let mut r = connect(ro_port, &ro).await;
+    let seen = wait_for("RO sees k499", Duration::from_secs(30), || {
+        let mut r = r.clone();
+        async move { get(&mut r, "k499").await }
+    })
+    .await
+    .expect("RO catches up");
+    assert_eq!(seen, "v499");
+    assert_eq!(get(&mut r, "k7").await.as_deref(), Some("v7"));
+    let w: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("x")
+        .arg("1")
+        .query_async(&mut r)
+        .await;
+    let e = w.expect_err("an RO node refuses writes");
+    assert_eq!(e.kind(), redis::ErrorKind::ReadOnly, "{e:?}");
+
+    // Writers run while the RW process is SIGKILLed.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = c.clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let (k, v) = (format!("w{w}:{n}"), format!("{n}"));
+                let r: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(&k).arg(&v).query_async(&mut c).await;
+                if r.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().insert(k, v);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rw.kill();
+    for t in writers {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("writers stop once the node is gone")
+            .expect("writer task");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 500, "writes were acknowledged under load");
+
+    // Restart: the new writer waits out the old mount lease, replays the
+    // WAL from the volume, and has every acknowledged write.
+    let t0 = Instant::now();
+    rw = spawn(&ctrl, "rw", rw_port, &tmp.path().join("rw"));
+    let mut c = connect(rw_port, &rw).await;
+    eprintln!("RW back after {:?}", t0.elapsed());
+    let keys: Vec<&String> = acked.keys().collect();
+    for chunk in keys.chunks(500) {
+        let vals: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut c)
+            .await
+            .expect("MGET");
+        for (k, v) in chunk.iter().zip(vals) {
+            assert_eq!(v.as_ref(), acked.get(*k), "acknowledged {k} lost");
+        }
+    }
+    // The RO node follows the new writer too.
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("restart")
+        .query_async(&mut c)
+        .await
+        .expect("SET after restart");
+    let seen = wait_for(
+        "RO sees a write of the new RW",
+        Duration::from_secs(30),
+        || {
+            let mut r = r.clone();
+            async move { get(&mut r, "after").await }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; RO log:\n{}",
+            std::fs::read_to_string(&ro.log).unwrap_or_default()
+        )
+    });
+    assert_eq!(seen, "restart");
+    drop((rw, ro));
+    let out = cluster.cli(&["fs", "fsck", VOL]).await.expect("fsck runs");
+    assert!(out.status.success(), "fsck: {out:?}");
+}
