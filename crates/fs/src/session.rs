@@ -2,7 +2,7 @@
 //!
 //! # API (stable; FUSE and the `pikafs fs` tools build on it)
 //!
-//! ```ignore
+//! ```text
 //! let opts = MountOptions::new("http://127.0.0.1:7000", "vol0", Mode::Ro);
 //! let m = Mounted::open(opts, runtime_handle)?;  // blocking
 //! let fs: &Fs = m.fs();                           // the whole fs API
