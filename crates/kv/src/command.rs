@@ -56,6 +56,31 @@ pub struct CommandSpec {
     pub summary: &'static str,
 }
 
+/// The table entry of a data command in `group`: keys are the arguments
+/// `keys.0..=keys.1` every `keys.2` (Redis's first/last/step); each type's
+/// module wraps it with its group and usual key shape.
+pub(crate) const fn data_spec(
+    group: &'static str,
+    name: &'static str,
+    arity: i32,
+    flags: u32,
+    keys: (i32, i32, i32),
+    f: DataFn,
+    summary: &'static str,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        flags,
+        first_key: keys.0,
+        last_key: keys.1,
+        step: keys.2,
+        handler: Handler::Data(f),
+        group,
+        summary,
+    }
+}
+
 impl CommandSpec {
     pub fn is_write(&self) -> bool {
         self.flags & WRITE != 0

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::command::{
-    format_f64, parse_f64, parse_i64, CommandSpec, Handler, DENYOOM, FAST, READONLY, WRITE,
+    data_spec, format_f64, parse_f64, parse_i64, CommandSpec, DENYOOM, FAST, READONLY, WRITE,
 };
 use crate::encoding::{KeyType, Meta};
 use crate::error::CmdError;
@@ -24,17 +24,7 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: 1,
-        last_key: 1,
-        step: 1,
-        handler: Handler::Data(f),
-        group: "hash",
-        summary,
-    }
+    data_spec("hash", name, arity, flags, (1, 1, 1), f, summary)
 }
 
 const W: u32 = WRITE | DENYOOM | FAST;

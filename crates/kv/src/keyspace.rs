@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use rand::Rng;
 
-use crate::command::{is, parse_i64, CommandSpec, Handler, FAST, READONLY, WRITE};
+use crate::command::{data_spec, is, parse_i64, CommandSpec, FAST, READONLY, WRITE};
 use crate::encoding::{meta_key, prefix_end, sub_prefix, KeyType, Meta};
 use crate::error::CmdError;
 use crate::pattern::glob_match;
@@ -23,17 +23,7 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: keys.0,
-        last_key: keys.1,
-        step: keys.2,
-        handler: Handler::Data(f),
-        group: "generic",
-        summary,
-    }
+    data_spec("generic", name, arity, flags, keys, f, summary)
 }
 
 const R: u32 = READONLY;

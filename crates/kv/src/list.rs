@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{is, parse_i64, CommandSpec, Handler, DENYOOM, FAST, READONLY, WRITE};
+use crate::command::{data_spec, is, parse_i64, CommandSpec, DENYOOM, FAST, READONLY, WRITE};
 use crate::encoding::{KeyType, Meta};
 use crate::error::CmdError;
 use crate::resp::Reply;
@@ -26,17 +26,7 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: keys.0,
-        last_key: keys.1,
-        step: 1,
-        handler: Handler::Data(f),
-        group: "list",
-        summary,
-    }
+    data_spec("list", name, arity, flags, (keys.0, keys.1, 1), f, summary)
 }
 
 const W: u32 = WRITE | DENYOOM | FAST;

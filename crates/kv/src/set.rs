@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::command::{is, parse_i64, CommandSpec, Handler, DENYOOM, FAST, READONLY, WRITE};
+use crate::command::{data_spec, is, parse_i64, CommandSpec, DENYOOM, FAST, READONLY, WRITE};
 use crate::encoding::{KeyType, Meta};
 use crate::error::CmdError;
 use crate::keyspace::{parse_cursor, parse_scan_opts};
@@ -29,17 +29,7 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: keys.0,
-        last_key: keys.1,
-        step: 1,
-        handler: Handler::Data(f),
-        group: "set",
-        summary,
-    }
+    data_spec("set", name, arity, flags, (keys.0, keys.1, 1), f, summary)
 }
 
 const W: u32 = WRITE | DENYOOM | FAST;

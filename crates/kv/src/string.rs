@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::command::{
-    format_f64, is, parse_f64, parse_i64, CommandSpec, Handler, DENYOOM, FAST, READONLY, WRITE,
+    data_spec, format_f64, is, parse_f64, parse_i64, CommandSpec, DENYOOM, FAST, READONLY, WRITE,
 };
 use crate::encoding::{KeyType, Meta};
 use crate::error::CmdError;
@@ -23,17 +23,7 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: keys.0,
-        last_key: keys.1,
-        step: keys.2,
-        handler: Handler::Data(f),
-        group: "string",
-        summary,
-    }
+    data_spec("string", name, arity, flags, keys, f, summary)
 }
 
 const W: u32 = WRITE | DENYOOM;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::command::{is, parse_i64, CommandSpec, Handler, DENYOOM, FAST, READONLY, WRITE};
+use crate::command::{data_spec, is, parse_i64, CommandSpec, DENYOOM, FAST, READONLY, WRITE};
 use crate::encoding::{prefix_end, sub_prefix, KeyType, Meta};
 use crate::error::CmdError;
 use crate::keyspace::{parse_cursor, parse_scan_opts};
@@ -37,17 +37,15 @@ const fn spec(
     f: crate::command::DataFn,
     summary: &'static str,
 ) -> CommandSpec {
-    CommandSpec {
+    data_spec(
+        "sorted-set",
         name,
         arity,
         flags,
-        first_key: keys.0,
-        last_key: keys.1,
-        step: 1,
-        handler: Handler::Data(f),
-        group: "sorted-set",
+        (keys.0, keys.1, 1),
+        f,
         summary,
-    }
+    )
 }
 
 const W: u32 = WRITE | DENYOOM | FAST;
