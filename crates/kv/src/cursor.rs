@@ -32,6 +32,23 @@ impl Default for Cursors {
 }
 
 impl Cursors {
+    /// A cursor inside one collection: the resume bytes are the key's
+    /// version, then the next member, so a cursor from an older
+    /// generation of the key restarts instead of resuming elsewhere.
+    pub fn save_member(&self, version: u64, member: &[u8]) -> u64 {
+        let mut r = version.to_be_bytes().to_vec();
+        r.extend_from_slice(member);
+        self.save(r)
+    }
+
+    /// The member to resume at for a [`Cursors::save_member`] cursor of
+    /// the key's current `version`; `None` starts over.
+    pub fn resume_member(&self, cursor: u64, version: u64) -> Option<Vec<u8>> {
+        let r = self.resume(cursor)?;
+        let (v, m) = r.split_at_checked(8)?;
+        (u64::from_be_bytes(v.try_into().ok()?) == version).then(|| m.to_vec())
+    }
+
     pub fn new() -> Cursors {
         // Start away from 0 and from small numbers a client might invent;
         // time-based so a restarted node does not resolve stale cursors.

@@ -605,21 +605,9 @@ fn rpoplpush(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Engine, EngineConfig, Role};
-    use crate::wal::FsyncPolicy;
+    use crate::engine::Engine;
+    use crate::txn::tests::engine;
     use std::collections::VecDeque;
-
-    fn engine(dir: &std::path::Path) -> std::sync::Arc<Engine> {
-        Engine::open(EngineConfig {
-            path: dir.to_path_buf(),
-            role: Role::Rw,
-            secondary_path: None,
-            memory_bytes: 32 << 20,
-            env: None,
-            fsync: FsyncPolicy::Always,
-        })
-        .unwrap()
-    }
 
     fn args(s: &[&str]) -> Vec<Bytes> {
         s.iter()

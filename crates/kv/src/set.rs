@@ -424,10 +424,7 @@ fn sscan(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
     };
     // Resume bytes: the set's version then the next member, so a cursor
     // from an older generation of the key restarts.
-    let from = t.engine().cursors().resume(cursor).and_then(|r| {
-        let (v, f) = r.split_at_checked(8)?;
-        (u64::from_be_bytes(v.try_into().ok()?) == m.version).then(|| f.to_vec())
-    });
+    let from = t.engine().cursors().resume_member(cursor, m.version);
     let rows = t.scan_subs(&a[1], m.version, from.as_deref(), o.count + 1, false)?;
     let more = rows.len() > o.count;
     let out: Vec<Reply> = rows
@@ -437,9 +434,9 @@ fn sscan(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
         .map(|(mem, _)| Reply::bulk(mem.clone()))
         .collect();
     let next = if more {
-        let mut r = m.version.to_be_bytes().to_vec();
-        r.extend_from_slice(&rows[o.count].0);
-        t.engine().cursors().save(r)
+        t.engine()
+            .cursors()
+            .save_member(m.version, &rows[o.count].0)
     } else {
         0
     };

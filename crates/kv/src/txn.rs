@@ -485,7 +485,7 @@ pub fn decode_meta_row(k: &[u8], v: &[u8]) -> Result<(Vec<u8>, Meta), CmdError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::{EngineConfig, Role};
     use crate::wal::FsyncPolicy;

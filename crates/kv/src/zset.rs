@@ -1072,10 +1072,7 @@ fn zscan(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
     let z = Z::new(t, &a[1], m.version);
     // Resume bytes: version then the next member, so a cursor from an
     // older generation of the key restarts.
-    let from = t.engine().cursors().resume(cursor).and_then(|r| {
-        let (v, f) = r.split_at_checked(8)?;
-        (u64::from_be_bytes(v.try_into().ok()?) == m.version).then(|| f.to_vec())
-    });
+    let from = t.engine().cursors().resume_member(cursor, m.version);
     let lower = z.raw(&m_row(from.as_deref().unwrap_or_default()));
     let upper = z.raw(&[TAG_MEMBER + 1]);
     let rows = t.scan_raw(Space::Data, &lower, Some(&upper), o.count + 1, false)?;
@@ -1093,9 +1090,9 @@ fn zscan(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
         out.push(Reply::bulk(format_score(decode_score_slice(v)?)));
     }
     let next = if more {
-        let mut r = m.version.to_be_bytes().to_vec();
-        r.extend_from_slice(rows[o.count].0.get(head..).unwrap_or_default());
-        t.engine().cursors().save(r)
+        t.engine()
+            .cursors()
+            .save_member(m.version, rows[o.count].0.get(head..).unwrap_or_default())
     } else {
         0
     };
@@ -1108,20 +1105,7 @@ fn zscan(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Engine, EngineConfig, Role};
-    use crate::wal::FsyncPolicy;
-
-    fn engine(dir: &std::path::Path) -> std::sync::Arc<Engine> {
-        Engine::open(EngineConfig {
-            path: dir.to_path_buf(),
-            role: Role::Rw,
-            secondary_path: None,
-            memory_bytes: 32 << 20,
-            env: None,
-            fsync: FsyncPolicy::Always,
-        })
-        .unwrap()
-    }
+    use crate::txn::tests::engine;
 
     fn args(s: &[&str]) -> Vec<Bytes> {
         s.iter()
