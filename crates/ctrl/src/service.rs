@@ -7,7 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use pikafs_proto::ctrlpb::ctrl_server::Ctrl;
 use pikafs_proto::ctrlpb::{
     AcquireMountRequest, AcquireMountResponse, ClusterStatusResponse, CreateVolumeRequest, Empty,
-    GrowVolumeRequest, HeartbeatRequest, HeartbeatResponse, ListMountsResponse,
+    GrowVolumeRequest, HeartbeatRequest, HeartbeatResponse, KvHeartbeatRequest,
+    KvHeartbeatResponse, KvPromoteRequest, KvTopologyResponse, ListMountsResponse,
     ListVolumesResponse, RegisterServerRequest, RegisterServerResponse, ReleaseMountRequest,
     RenewMountRequest, RenewMountResponse, VolumeInfo, VolumeName,
 };
@@ -242,5 +243,27 @@ impl Ctrl for CtrlService {
         self.lock().get_volume(&name, now).map_err(status)?;
         let mounts = self.lock_mounts().list(&name, now);
         Ok(Response::new(ListMountsResponse { mounts }))
+    }
+
+    // kv-node leases and failover: stubs until the kv registry lands.
+    async fn kv_heartbeat(
+        &self,
+        _req: Request<KvHeartbeatRequest>,
+    ) -> Result<Response<KvHeartbeatResponse>, Status> {
+        Err(Status::unimplemented("kv heartbeats"))
+    }
+
+    async fn kv_topology(
+        &self,
+        _req: Request<VolumeName>,
+    ) -> Result<Response<KvTopologyResponse>, Status> {
+        Err(Status::unimplemented("kv topology"))
+    }
+
+    async fn kv_promote(
+        &self,
+        _req: Request<KvPromoteRequest>,
+    ) -> Result<Response<KvTopologyResponse>, Status> {
+        Err(Status::unimplemented("kv promote"))
     }
 }

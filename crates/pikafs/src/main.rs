@@ -13,6 +13,7 @@ mod fs_cmd;
 mod kv_cmd;
 mod mount_cmd;
 mod playground;
+mod proxy_cmd;
 mod server;
 mod status;
 mod units;
@@ -61,6 +62,8 @@ enum Cmd {
     Mount(mount_cmd::MountArgs),
     /// Run a Redis-compatible kv node (RocksDB primary or secondary).
     Kv(kv_cmd::KvArgs),
+    /// Run a RESP proxy in front of a volume's kv nodes.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 fn init_logging() {
@@ -82,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Fs(cmd) => fs_cmd::run(cmd, &cli.ctrl).await,
         Cmd::Mount(args) => mount_cmd::run(args, &cli.ctrl).await,
         Cmd::Kv(args) => kv_cmd::run(args, &cli.ctrl).await,
+        Cmd::Proxy(args) => proxy_cmd::run(args, &cli.ctrl).await,
     }
 }
 

@@ -1,0 +1,3 @@
+//! pikafs proxy: a RESP proxy in front of one volume's kv nodes.
+//!
+//! (Skeleton: being written.)
