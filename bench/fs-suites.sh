@@ -26,6 +26,9 @@ FSX=${FSX_BIN:-/tmp/fsx-bin/bin/fsx}
 suites=${*:-pjdfstest fsx fio bench}
 
 work=$(mktemp -d /tmp/pikafs-suites.XXXXXX)
+# pjdfstest switches to other users, who must be able to reach the mount
+# (mktemp makes the directory 0700).
+chmod 755 "$work"
 mnt=$work/mnt
 mkdir -p "$mnt"
 pid=
@@ -64,6 +67,9 @@ for s in $suites; do
         cat >"$work/pjdfstest.toml" <<'TOML'
 [features]
 posix_fallocate = {}
+utimensat = {}
+utime_now = {}
+rename_ctime = {}
 
 [settings]
 naptime = 0.001

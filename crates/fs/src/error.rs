@@ -55,6 +55,14 @@ pub enum FsError {
     InvalidArgument { what: String },
     #[error("{path}: name too long")]
     NameTooLong { path: String },
+    /// The inode (or, for a new subdirectory, its parent) already has
+    /// `LINK_MAX` links.
+    #[error("{path}: too many links")]
+    TooManyLinks { path: String },
+    /// The operation needs another kind of inode (e.g. `readlink` of a
+    /// file, `open` of a FIFO through the fs API).
+    #[error("{path}: {what}")]
+    WrongKind { path: String, what: String },
     /// The file would exceed the largest size ([`crate::max_file_size`]).
     #[error("{path}: file too large")]
     TooLarge { path: String },
@@ -86,6 +94,8 @@ impl FsError {
             FsError::InvalidArgument { .. } => libc::EINVAL,
             FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
             FsError::TooLarge { .. } => libc::EFBIG,
+            FsError::TooManyLinks { .. } => libc::EMLINK,
+            FsError::WrongKind { .. } => libc::EINVAL,
             FsError::Corrupt { .. } => libc::EUCLEAN,
             FsError::LeaseLost { .. } => libc::ESTALE,
             FsError::Device(_) => libc::EIO,

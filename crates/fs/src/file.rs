@@ -410,6 +410,7 @@ impl File {
                     // until the next size change journals it.
                     if let Some(i) = m.st.inodes.get_mut(&self.ino) {
                         i.mtime = now;
+                        i.ctime = now;
                     }
                 }
             }

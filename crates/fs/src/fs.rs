@@ -19,7 +19,7 @@ use crate::metadata::{State, ROOT, UNCOMMITTED};
 use crate::metrics::Metrics;
 use crate::path::{components, resolve, resolve_parent};
 use crate::pending::{self, PendingData};
-use crate::record::{Ino, Kind, Lsn, Op};
+use crate::record::{Ino, Kind, Lsn, Op, SetAttr};
 use crate::superblock::{MkfsOptions, Superblock, SECTOR};
 
 /// How a volume is mounted.
@@ -68,13 +68,45 @@ pub struct Stat {
     pub size: u64,
     /// Bytes of data blocks mapped (including preallocation).
     pub allocated: u64,
+    /// Permission bits (07777); the type is `kind`.
     pub mode: u32,
-    /// 0 for an orphan (unlinked while open).
+    /// Names of a non-directory (0 for an orphan: unlinked while open);
+    /// 2 + subdirectories for a directory.
     pub nlink: u32,
     /// Nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
     pub ctime_ns: u64,
+    pub atime_ns: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number of a char or block device, else 0.
+    pub rdev: u64,
 }
+
+/// Owner and permission bits of a new inode ([`Fs::open_as`],
+/// [`Fs::mkdir_as`], [`Fs::mknod`], [`Fs::symlink`]). In a directory with
+/// the set-group-ID bit, the new inode takes the directory's group
+/// instead, and a new directory inherits the bit (as on Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewAttrs {
+    /// Permission bits (07777), the caller's umask already applied.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl NewAttrs {
+    /// `mode`, owned by this process's effective user and group (what the
+    /// plain [`Fs::open`] and [`Fs::mkdir`] use).
+    pub fn process(mode: u32) -> NewAttrs {
+        // SAFETY: geteuid/getegid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        NewAttrs { mode, uid, gid }
+    }
+}
+
+/// Longest symlink target, in bytes (`PATH_MAX` less its NUL).
+pub const SYMLINK_MAX: usize = 4095;
 
 /// One `readdir` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,6 +516,16 @@ impl Fs {
     /// a session) whose lease is not known valid, [`FsError::NoSpace`],
     /// commit errors.
     pub fn open(&self, path: &str, flags: OpenFlags) -> Result<File> {
+        self.open_as(path, flags, &NewAttrs::process(0o644))
+    }
+
+    /// [`Fs::open`] that gives a file it creates `attrs` (FUSE passes the
+    /// caller's owner and umask'd mode).
+    ///
+    /// # Errors
+    /// As [`Fs::open`]; [`FsError::WrongKind`] for a name that is not a
+    /// regular file or directory.
+    pub fn open_as(&self, path: &str, flags: OpenFlags, attrs: &NewAttrs) -> Result<File> {
         let wants_write = flags.write || flags.create || flags.truncate;
         if wants_write {
             self.inner.check_writable()?;
@@ -518,23 +560,12 @@ impl Fs {
                             path: path.to_string(),
                         });
                     }
-                    if m.st.inodes.get(&ino).map(|i| i.kind) != Some(Kind::File) {
-                        return Err(FsError::IsDir {
-                            path: path.to_string(),
-                        });
-                    }
+                    check_regular(&m, ino, path)?;
                     (ino, false, 0, register_open(&mut m, ino))
                 }
                 None if flags.create => {
                     let ino = m.st.next_ino;
-                    let op = Op::Create {
-                        parent,
-                        name: name.to_string(),
-                        ino,
-                        kind: Kind::File,
-                        mode: 0o644,
-                        time: now_ns(),
-                    };
+                    let op = new_node(&m, parent, name, ino, Kind::File, attrs, 0, Vec::new());
                     let seq = self.inner.push(&mut m, op, path)?;
                     (ino, true, seq, register_open(&mut m, ino))
                 }
@@ -587,22 +618,218 @@ impl Fs {
     /// [`FsError::Exists`], [`FsError::NotFound`] for a missing parent,
     /// [`FsError::ReadOnly`], commit errors.
     pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.mkdir_as(path, &NewAttrs::process(0o755))
+    }
+
+    /// [`Fs::mkdir`] with the given owner and mode.
+    ///
+    /// # Errors
+    /// As [`Fs::mkdir`]; [`FsError::TooManyLinks`] when the parent has
+    /// `LINK_MAX` links.
+    pub fn mkdir_as(&self, path: &str, attrs: &NewAttrs) -> Result<()> {
+        self.create_node(path, Kind::Dir, attrs, 0, Vec::new())
+            .map(|_| ())
+    }
+
+    /// Creates a FIFO, socket, char or block device (`rdev` is the
+    /// device number) or an empty regular file. Committed when it
+    /// returns; returns the new inode's attributes.
+    ///
+    /// # Errors
+    /// [`FsError::Exists`], [`FsError::NotFound`] for a missing parent,
+    /// [`FsError::InvalidArgument`] for a directory or symlink kind,
+    /// [`FsError::ReadOnly`], commit errors.
+    pub fn mknod(&self, path: &str, kind: Kind, attrs: &NewAttrs, rdev: u64) -> Result<Stat> {
+        if matches!(kind, Kind::Dir | Kind::Symlink) {
+            return Err(FsError::InvalidArgument {
+                what: format!("{path}: mknod cannot make a {kind:?}"),
+            });
+        }
+        let rdev = if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            rdev
+        } else {
+            0
+        };
+        self.create_node(path, kind, attrs, rdev, Vec::new())
+    }
+
+    /// Creates a symlink at `path` pointing at `target` (stored as is,
+    /// never followed by the fs: the kernel resolves it). Committed when
+    /// it returns.
+    ///
+    /// # Errors
+    /// [`FsError::Exists`], [`FsError::NotFound`] for a missing parent,
+    /// [`FsError::NameTooLong`] for a target over [`SYMLINK_MAX`] bytes,
+    /// [`FsError::InvalidArgument`] for an empty target or one with NUL.
+    pub fn symlink(&self, target: &[u8], path: &str, attrs: &NewAttrs) -> Result<Stat> {
+        if target.len() > SYMLINK_MAX {
+            return Err(FsError::NameTooLong {
+                path: path.to_string(),
+            });
+        }
+        if target.is_empty() || target.contains(&0) {
+            return Err(FsError::InvalidArgument {
+                what: format!("{path}: a symlink target is non-empty and has no NUL"),
+            });
+        }
+        self.create_node(path, Kind::Symlink, attrs, 0, target.to_vec())
+    }
+
+    fn create_node(
+        &self,
+        path: &str,
+        kind: Kind,
+        attrs: &NewAttrs,
+        rdev: u64,
+        target: Vec<u8>,
+    ) -> Result<Stat> {
         self.inner.check_writable()?;
-        let seq = {
+        let (seq, ino) = {
             let mut m = self.inner.meta.write();
             let (parent, name) = resolve_parent(&m.st, path)?;
             let ino = m.st.next_ino;
-            let op = Op::Create {
+            let op = new_node(&m, parent, name, ino, kind, attrs, rdev, target);
+            (self.inner.push(&mut m, op, path)?, ino)
+        };
+        self.inner.commit(seq, false)?;
+        self.stat_inode(ino)
+    }
+
+    /// A symlink's target.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::WrongKind`] when `path` is not a
+    /// symlink.
+    pub fn readlink(&self, path: &str) -> Result<Vec<u8>> {
+        let m = self.inner.meta.read();
+        let ino = resolve(&m.st, path, &components(path)?)?;
+        readlink_of(&m, ino, path)
+    }
+
+    /// [`Fs::readlink`] by inode number.
+    ///
+    /// # Errors
+    /// As [`Fs::readlink`].
+    pub fn readlink_inode(&self, ino: Ino) -> Result<Vec<u8>> {
+        let m = self.inner.meta.read();
+        readlink_of(&m, ino, &format!("inode {ino}"))
+    }
+
+    /// Gives the existing non-directory at `from` the new name `to` (a
+    /// hard link). Committed when it returns.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::Exists`], [`FsError::TooManyLinks`],
+    /// [`FsError::InvalidArgument`] for a directory.
+    pub fn link(&self, from: &str, to: &str) -> Result<Stat> {
+        let ino = self.stat(from)?.ino;
+        self.link_inode(ino, to)
+    }
+
+    /// [`Fs::link`] of inode `ino` (which must still have a name).
+    ///
+    /// # Errors
+    /// As [`Fs::link`].
+    pub fn link_inode(&self, ino: Ino, to: &str) -> Result<Stat> {
+        self.inner.check_writable()?;
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let (parent, name) = resolve_parent(&m.st, to)?;
+            let op = Op::Link {
+                ino,
                 parent,
                 name: name.to_string(),
-                ino,
-                kind: Kind::Dir,
-                mode: 0o755,
                 time: now_ns(),
             };
-            self.inner.push(&mut m, op, path)?
+            self.inner.push(&mut m, op, to)?
         };
-        self.inner.commit(seq, false)
+        self.inner.commit(seq, false)?;
+        self.stat_inode(ino)
+    }
+
+    /// Stats an inode by number (also an orphan still open somewhere).
+    /// Inode numbers are never reused, so a number names one inode for
+    /// the file system's life.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`] when no such inode exists (any more).
+    pub fn stat_inode(&self, ino: Ino) -> Result<Stat> {
+        let m = self.inner.meta.read();
+        self.inner
+            .stat_ino(&m, ino)
+            .ok_or_else(|| FsError::NotFound {
+                path: format!("inode {ino}"),
+            })
+    }
+
+    /// Opens a regular file by inode number (no create). An orphan can be
+    /// opened while it exists (e.g. through a descriptor the kernel holds).
+    ///
+    /// # Errors
+    /// As [`Fs::open`].
+    pub fn open_inode(&self, ino: Ino, flags: OpenFlags) -> Result<File> {
+        let path = format!("inode {ino}");
+        if flags.write || flags.truncate || flags.create {
+            self.inner.check_writable()?;
+        }
+        let generation = self
+            .inner
+            .lease
+            .open_generation()
+            .map_err(|l| FsError::LeaseLost {
+                path: path.clone(),
+                why: l.to_string(),
+            })?;
+        let wlock = {
+            let mut m = self.inner.meta.write();
+            if !m.st.inodes.contains_key(&ino) {
+                return Err(FsError::NotFound { path });
+            }
+            check_regular(&m, ino, &path)?;
+            register_open(&mut m, ino)
+        };
+        let file = File::new(
+            self.inner.clone(),
+            ino,
+            flags.write || flags.truncate,
+            &path,
+            wlock,
+            generation,
+        );
+        if flags.truncate {
+            file.truncate(0)?;
+        }
+        Ok(file)
+    }
+
+    /// chmod / chown / utimens of `path`: sets what `attr` names and moves
+    /// ctime to now. Committed when it returns. Permission checks are the
+    /// caller's (the kernel's, through FUSE `default_permissions`).
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`], [`FsError::ReadOnly`], commit errors.
+    pub fn setattr(&self, path: &str, attr: &SetAttr) -> Result<Stat> {
+        let ino = self.stat(path)?.ino;
+        self.setattr_inode(ino, attr)
+    }
+
+    /// [`Fs::setattr`] by inode number (also an open orphan: fchmod).
+    ///
+    /// # Errors
+    /// As [`Fs::setattr`].
+    pub fn setattr_inode(&self, ino: Ino, attr: &SetAttr) -> Result<Stat> {
+        self.inner.check_writable()?;
+        let seq = {
+            let mut m = self.inner.meta.write();
+            let op = Op::SetAttr {
+                ino,
+                attr: attr.clone(),
+                ctime: now_ns(),
+            };
+            self.inner.push(&mut m, op, &format!("inode {ino}"))?
+        };
+        self.inner.commit(seq, false)?;
+        self.stat_inode(ino)
     }
 
     /// Removes an empty directory (committed when it returns).
@@ -637,13 +864,14 @@ impl Fs {
                 .ok_or_else(|| FsError::NotFound {
                     path: path.to_string(),
                 })?;
-            match (m.st.inodes.get(&ino).map(|i| i.kind), want) {
-                (Some(Kind::Dir), Kind::File) => {
+            let is_dir = m.st.inodes.get(&ino).map(|i| i.kind == Kind::Dir);
+            match (is_dir, want) {
+                (Some(true), Kind::File) => {
                     return Err(FsError::IsDir {
                         path: path.to_string(),
                     })
                 }
-                (Some(Kind::File), Kind::Dir) => {
+                (Some(false), Kind::Dir) => {
                     return Err(FsError::NotDir {
                         path: path.to_string(),
                     })
@@ -719,7 +947,7 @@ impl Fs {
         let files =
             m.st.inodes
                 .values()
-                .filter(|i| i.kind == Kind::File && i.nlink > 0)
+                .filter(|i| i.kind != Kind::Dir && i.nlink > 0)
                 .count() as u64;
         let dirs = m.st.inodes.values().filter(|i| i.kind == Kind::Dir).count() as u64;
         StatFs {
@@ -935,7 +1163,14 @@ fn note_change(st: &State, op: &Op, ch: &mut Changes) {
             ch.entries.push((*src_parent, src_name.clone()));
             ch.entries.push((*dst_parent, dst_name.clone()));
         }
-        Op::Map { ino, .. }
+        Op::Link {
+            ino, parent, name, ..
+        } => {
+            ch.inodes.extend([*parent, *ino]);
+            ch.entries.push((*parent, name.clone()));
+        }
+        Op::SetAttr { ino, .. }
+        | Op::Map { ino, .. }
         | Op::SetSize { ino, .. }
         | Op::Truncate { ino, .. }
         | Op::FreeOrphan { ino } => ch.inodes.push(*ino),
@@ -1022,6 +1257,10 @@ impl Inner {
             nlink: i.nlink,
             mtime_ns: i.mtime,
             ctime_ns: i.ctime,
+            atime_ns: i.atime,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
         })
     }
 
@@ -1334,6 +1573,75 @@ impl Inner {
                 m.open.remove(&ino);
             }
         }
+    }
+}
+
+/// The `Create` record of a new inode: in a set-group-ID directory it
+/// takes the directory's group, and a new directory keeps the bit.
+#[allow(clippy::too_many_arguments)]
+fn new_node(
+    m: &Meta,
+    parent: Ino,
+    name: &str,
+    ino: Ino,
+    kind: Kind,
+    attrs: &NewAttrs,
+    rdev: u64,
+    target: Vec<u8>,
+) -> Op {
+    let (mut mode, mut gid) = (attrs.mode & 0o7777, attrs.gid);
+    if let Some(p) = m.st.inodes.get(&parent) {
+        if p.mode & libc::S_ISGID != 0 {
+            gid = p.gid;
+            if kind == Kind::Dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+    }
+    if kind == Kind::Symlink {
+        mode = 0o777;
+    }
+    Op::Create {
+        parent,
+        name: name.to_string(),
+        ino,
+        kind,
+        mode,
+        uid: attrs.uid,
+        gid,
+        rdev,
+        target,
+        time: now_ns(),
+    }
+}
+
+/// Refuses to open anything but a regular file.
+fn check_regular(m: &Meta, ino: Ino, path: &str) -> Result<()> {
+    match m.st.inodes.get(&ino).map(|i| i.kind) {
+        Some(Kind::File) => Ok(()),
+        Some(Kind::Dir) => Err(FsError::IsDir {
+            path: path.to_string(),
+        }),
+        Some(k) => Err(FsError::WrongKind {
+            path: path.to_string(),
+            what: format!("a {k:?} cannot be opened through the fs"),
+        }),
+        None => Err(FsError::NotFound {
+            path: path.to_string(),
+        }),
+    }
+}
+
+fn readlink_of(m: &Meta, ino: Ino, path: &str) -> Result<Vec<u8>> {
+    match m.st.inodes.get(&ino) {
+        Some(i) if i.kind == Kind::Symlink => Ok(i.target.clone()),
+        Some(_) => Err(FsError::WrongKind {
+            path: path.to_string(),
+            what: "not a symlink".into(),
+        }),
+        None => Err(FsError::NotFound {
+            path: path.to_string(),
+        }),
     }
 }
 

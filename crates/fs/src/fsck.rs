@@ -18,6 +18,7 @@ pub struct FsckReport {
     pub checkpoint_lsn: Lsn,
     pub committed_lsn: Lsn,
     pub journal_txns: u64,
+    /// Named non-directory inodes (a hard-linked inode counts once).
     pub files: u64,
     pub dirs: u64,
     pub orphans: u64,
@@ -110,7 +111,7 @@ pub fn fsck(dev: &dyn BlockDevice) -> Result<FsckReport> {
     r.files = st
         .inodes
         .values()
-        .filter(|i| i.kind == Kind::File && i.nlink > 0)
+        .filter(|i| i.kind != Kind::Dir && i.nlink > 0)
         .count() as u64;
     r.dirs = st.inodes.values().filter(|i| i.kind == Kind::Dir).count() as u64;
     r.orphans = st.orphans.len() as u64;

@@ -365,6 +365,10 @@ mod tests {
             ino: i + 2,
             kind: Kind::File,
             mode: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: Vec::new(),
             time: i,
         }
     }

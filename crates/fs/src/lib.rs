@@ -13,6 +13,13 @@
 //! mounts, publishes RO positions and open files, and feeds ctrl's
 //! answer to [`Fs::release_orphans`].
 //!
+//! Inodes carry POSIX metadata (kind incl. symlinks, FIFOs, sockets and
+//! devices; permission bits, owner, nanosecond times, hard-link counts);
+//! the fs stores and journals it but checks no permissions: FUSE leaves
+//! that to the kernel (`default_permissions`), the Rust API callers are
+//! trusted. Inode numbers are never reused, so the `*_inode` calls are a
+//! stable handle on an inode across renames and links.
+//!
 //! Layout (see `docs/fs.md`): superblock, two journal header slots, the
 //! journal ring, two checkpoint slots, the data blocks.
 //!
@@ -23,8 +30,9 @@
 //!   point recovers on mount and an RO never applies half a transaction;
 //! - ordered mode: file data reaches its blocks before the records that
 //!   map them or extend the size are committed;
-//! - blocks freed by unlink, replacing rename or truncate are not reused
-//!   until [`Fs::release_orphans`] says no reader can still see them;
+//! - an inode turns orphan only when its last name goes (hard links); its
+//!   blocks, and those freed by truncate, are not reused until
+//!   [`Fs::release_orphans`] says no reader can still see them;
 //! - after a failed metadata write or a fence the RW mount refuses all
 //!   further writes ([`FsError::ReadOnly`] / [`FsError::Fenced`]).
 //!
@@ -56,12 +64,14 @@ pub use device::{BlockDevice, CrashDevice, FileDevice};
 pub use error::{DeviceError, FsError, Result};
 pub use file::File;
 pub use fs::{
-    mkfs, Changes, CommitHook, DirEntry, Fs, Mode, OpenFlags, ReleaseStats, Stat, StatFs, ROOT_INO,
+    mkfs, Changes, CommitHook, DirEntry, Fs, Mode, NewAttrs, OpenFlags, ReleaseStats, Stat, StatFs,
+    ROOT_INO, SYMLINK_MAX,
 };
 pub use fsck::{fsck, FsckReport};
+pub use metadata::LINK_MAX;
 pub use metrics::Metrics;
 pub use path::NAME_MAX;
-pub use record::{Ino, Kind, Lsn};
+pub use record::{Ino, Kind, Lsn, SetAttr};
 #[cfg(feature = "volume")]
 pub use session::{format, MountError, MountOptions, Mounted};
 pub use superblock::{MkfsOptions, Superblock};

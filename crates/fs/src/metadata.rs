@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::allocator::{Allocator, Run};
 use crate::encoding::{Dec, Enc};
 use crate::error::FsError;
-use crate::record::{Ino, Kind, Lsn, Op};
+use crate::record::{Ino, Kind, Lsn, Op, SetAttr};
 
 /// An unmapped logical block (a hole: reads as zeros).
 pub(crate) const HOLE: u64 = u64::MAX;
@@ -18,17 +18,32 @@ pub const ROOT: Ino = 1;
 /// Most logical blocks a file may map: bounds the in-memory block map
 /// (32 MiB per file at worst).
 pub(crate) const MAX_FILE_BLOCKS: u64 = 1 << 22;
+/// Most names one inode may have (`LINK_MAX`; also bounds a directory's
+/// subdirectories, each of which links it through its `..`).
+pub const LINK_MAX: u32 = 65000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Inode {
     pub kind: Kind,
+    /// Permission bits (07777); the type is `kind`.
     pub mode: u32,
-    /// 1 while named in a directory, 0 for an orphan (no hard links).
+    pub uid: u32,
+    pub gid: u32,
+    /// Non-directory: how many directory entries name it (0 for an
+    /// orphan). Directory: 2 + its subdirectories (POSIX: its entry, its
+    /// `.` and every child's `..`).
     pub nlink: u32,
+    /// Bytes of data; a symlink's is its target's length.
     pub size: u64,
+    pub atime: u64,
     pub mtime: u64,
     pub ctime: u64,
-    /// Directory holding the entry (for loop checks on rename).
+    /// Device number of a char or block device.
+    pub rdev: u64,
+    /// A symlink's target.
+    pub target: Vec<u8>,
+    /// Directory holding the entry (for loop checks on rename). For a
+    /// non-directory with several names, one of them.
     pub parent: Ino,
     /// Logical block -> physical block, [`HOLE`] where unmapped.
     pub blocks: Vec<u64>,
@@ -50,6 +65,7 @@ pub(crate) enum Refusal {
     NotDir,
     IsDir,
     NotEmpty,
+    TooManyLinks,
     Invalid(String),
 }
 
@@ -62,6 +78,7 @@ impl Refusal {
             Refusal::NotDir => FsError::NotDir { path },
             Refusal::IsDir => FsError::IsDir { path },
             Refusal::NotEmpty => FsError::NotEmpty { path },
+            Refusal::TooManyLinks => FsError::TooManyLinks { path },
             Refusal::Invalid(what) => FsError::InvalidArgument {
                 what: format!("{path}: {what}"),
             },
@@ -91,10 +108,15 @@ impl State {
             Inode {
                 kind: Kind::Dir,
                 mode: 0o755,
-                nlink: 1,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
                 size: 0,
+                atime: now,
                 mtime: now,
                 ctime: now,
+                rdev: 0,
+                target: Vec::new(),
                 parent: ROOT,
                 blocks: Vec::new(),
                 entries: BTreeMap::new(),
@@ -121,31 +143,39 @@ impl State {
     fn file_mut(&mut self, ino: Ino) -> Result<&mut Inode, Refusal> {
         match self.inodes.get_mut(&ino) {
             Some(i) if i.kind == Kind::File => Ok(i),
-            Some(_) => Err(Refusal::IsDir),
+            Some(i) if i.kind == Kind::Dir => Err(Refusal::IsDir),
+            Some(_) => Err(Refusal::Invalid("not a regular file".into())),
             None => Err(Refusal::NotFound),
         }
     }
 
-    /// Detaches `ino` (already removed from its directory): a file turns
-    /// orphan, a directory is deleted.
-    fn drop_entry(&mut self, ino: Ino, lsn: Lsn, time: u64) {
+    /// Detaches `ino` (already removed from `parent`'s entries): a
+    /// directory is deleted (and no longer links its parent); any other
+    /// inode loses a link and turns orphan at zero, so open handles (this
+    /// mount's or an RO's) keep it until `FreeOrphan`.
+    fn drop_entry(&mut self, parent: Ino, ino: Ino, lsn: Lsn, time: u64) {
         let inode = self.inodes.get_mut(&ino).expect("entry points at an inode");
         if inode.kind == Kind::Dir {
             self.inodes.remove(&ino);
+            if let Some(p) = self.inodes.get_mut(&parent) {
+                p.nlink = p.nlink.saturating_sub(1);
+            }
         } else {
-            inode.nlink = 0;
+            inode.nlink = inode.nlink.saturating_sub(1);
             inode.ctime = time;
-            self.orphans.insert(ino, lsn);
+            if inode.nlink == 0 {
+                self.orphans.insert(ino, lsn);
+            }
         }
     }
 
     /// Checks whether `ino` may replace an existing `dst` entry.
     fn check_replace(&self, src: &Inode, dst_ino: Ino) -> Result<(), Refusal> {
         let dst = self.inodes.get(&dst_ino).ok_or(Refusal::NotFound)?;
-        match (src.kind, dst.kind) {
-            (Kind::File, Kind::Dir) => Err(Refusal::IsDir),
-            (Kind::Dir, Kind::File) => Err(Refusal::NotDir),
-            (Kind::Dir, Kind::Dir) if !dst.entries.is_empty() => Err(Refusal::NotEmpty),
+        match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+            (false, true) => Err(Refusal::IsDir),
+            (true, false) => Err(Refusal::NotDir),
+            (true, true) if !dst.entries.is_empty() => Err(Refusal::NotEmpty),
             _ => Ok(()),
         }
     }
@@ -164,24 +194,42 @@ impl State {
                 ino,
                 kind,
                 mode,
+                uid,
+                gid,
+                rdev,
+                target,
                 time,
             } => {
                 let p = self.dir(*parent)?;
                 if p.entries.contains_key(name) {
                     return Err(Refusal::Exists);
                 }
+                let is_dir = *kind == Kind::Dir;
+                if is_dir && p.nlink >= LINK_MAX {
+                    return Err(Refusal::TooManyLinks);
+                }
                 if self.inodes.contains_key(ino) || *ino <= ROOT {
                     return Err(Refusal::Invalid(format!("inode {ino} already in use")));
+                }
+                if (*kind == Kind::Symlink) == target.is_empty() {
+                    return Err(Refusal::Invalid(
+                        "a symlink, and only a symlink, has a non-empty target".into(),
+                    ));
                 }
                 self.inodes.insert(
                     *ino,
                     Inode {
                         kind: *kind,
-                        mode: *mode,
-                        nlink: 1,
-                        size: 0,
+                        mode: *mode & 0o7777,
+                        uid: *uid,
+                        gid: *gid,
+                        nlink: if is_dir { 2 } else { 1 },
+                        size: target.len() as u64,
+                        atime: *time,
                         mtime: *time,
                         ctime: *time,
+                        rdev: *rdev,
+                        target: target.clone(),
                         parent: *parent,
                         blocks: Vec::new(),
                         entries: BTreeMap::new(),
@@ -190,7 +238,65 @@ impl State {
                 let p = self.inodes.get_mut(parent).expect("checked above");
                 p.entries.insert(name.clone(), *ino);
                 p.mtime = *time;
+                p.ctime = *time;
+                if is_dir {
+                    p.nlink += 1;
+                }
                 self.next_ino = self.next_ino.max(ino + 1);
+            }
+            Op::Link {
+                ino,
+                parent,
+                name,
+                time,
+            } => {
+                let p = self.dir(*parent)?;
+                if p.entries.contains_key(name) {
+                    return Err(Refusal::Exists);
+                }
+                match self.inodes.get(ino) {
+                    None => return Err(Refusal::NotFound),
+                    Some(i) if i.kind == Kind::Dir => {
+                        return Err(Refusal::Invalid("directories cannot be linked".into()))
+                    }
+                    // An unlinked inode cannot get a name back.
+                    Some(i) if i.nlink == 0 => return Err(Refusal::NotFound),
+                    Some(i) if i.nlink >= LINK_MAX => return Err(Refusal::TooManyLinks),
+                    Some(_) => {}
+                }
+                let p = self.inodes.get_mut(parent).expect("checked above");
+                p.entries.insert(name.clone(), *ino);
+                p.mtime = *time;
+                p.ctime = *time;
+                let i = self.inodes.get_mut(ino).expect("checked above");
+                i.nlink += 1;
+                i.ctime = *time;
+            }
+            Op::SetAttr { ino, attr, ctime } => {
+                let i = self.inodes.get_mut(ino).ok_or(Refusal::NotFound)?;
+                let SetAttr {
+                    mode,
+                    uid,
+                    gid,
+                    atime,
+                    mtime,
+                } = attr;
+                if let Some(m) = mode {
+                    i.mode = m & 0o7777;
+                }
+                if let Some(u) = uid {
+                    i.uid = *u;
+                }
+                if let Some(g) = gid {
+                    i.gid = *g;
+                }
+                if let Some(t) = atime {
+                    i.atime = *t;
+                }
+                if let Some(t) = mtime {
+                    i.mtime = *t;
+                }
+                i.ctime = *ctime;
             }
             Op::Remove { parent, name, time } => {
                 let p = self.dir(*parent)?;
@@ -202,7 +308,8 @@ impl State {
                 let p = self.inodes.get_mut(parent).expect("checked above");
                 p.entries.remove(name);
                 p.mtime = *time;
-                self.drop_entry(ino, lsn, *time);
+                p.ctime = *time;
+                self.drop_entry(*parent, ino, lsn, *time);
             }
             Op::Rename {
                 src_parent,
@@ -237,17 +344,30 @@ impl State {
                         at = self.inodes.get(&at).ok_or(Refusal::NotFound)?.parent;
                     }
                 }
+                let moves_dir = src.kind == Kind::Dir && src_parent != dst_parent;
+                if moves_dir && dst.is_none() && dp.nlink >= LINK_MAX {
+                    return Err(Refusal::TooManyLinks);
+                }
                 let sp = self.inodes.get_mut(src_parent).expect("checked above");
                 sp.entries.remove(src_name);
                 sp.mtime = *time;
+                sp.ctime = *time;
+                if moves_dir {
+                    // The moved directory's `..` now links the new parent.
+                    sp.nlink = sp.nlink.saturating_sub(1);
+                }
                 let dp = self.inodes.get_mut(dst_parent).expect("checked above");
                 dp.entries.insert(dst_name.clone(), src_ino);
                 dp.mtime = *time;
+                dp.ctime = *time;
+                if moves_dir {
+                    dp.nlink += 1;
+                }
                 let s = self.inodes.get_mut(&src_ino).expect("checked above");
                 s.parent = *dst_parent;
                 s.ctime = *time;
                 if let Some(d) = dst {
-                    self.drop_entry(d, lsn, *time);
+                    self.drop_entry(*dst_parent, d, lsn, *time);
                 }
             }
             Op::Map { ino, logical, runs } => {
@@ -295,6 +415,7 @@ impl State {
                 let inode = self.file_mut(*ino)?;
                 inode.size = *size;
                 inode.mtime = *mtime;
+                inode.ctime = *mtime;
             }
             Op::Truncate { ino, size, mtime } => {
                 let bs = self.block_size;
@@ -315,6 +436,7 @@ impl State {
                 }
                 inode.size = *size;
                 inode.mtime = *mtime;
+                inode.ctime = *mtime;
                 if !cut.is_empty() {
                     self.pending.push((lsn, cut));
                 }
@@ -394,10 +516,15 @@ impl State {
             e.u64(*ino);
             e.u8(i.kind.code());
             e.u32(i.mode);
+            e.u32(i.uid);
+            e.u32(i.gid);
             e.u32(i.nlink);
             e.u64(i.size);
+            e.u64(i.atime);
             e.u64(i.mtime);
             e.u64(i.ctime);
+            e.u64(i.rdev);
+            e.bytes(&i.target);
             e.u64(i.parent);
             let runs = extents(&i.blocks);
             e.u64(runs.len() as u64);
@@ -450,10 +577,15 @@ impl State {
             let ino = d.u64()?;
             let kind = Kind::from_code(d.u8()?)?;
             let mode = d.u32()?;
+            let uid = d.u32()?;
+            let gid = d.u32()?;
             let nlink = d.u32()?;
             let size = d.u64()?;
+            let atime = d.u64()?;
             let mtime = d.u64()?;
             let ctime = d.u64()?;
+            let rdev = d.u64()?;
+            let target = d.bytes()?.to_vec();
             let parent = d.u64()?;
             let mut blocks = Vec::new();
             for _ in 0..d.count(24)? {
@@ -487,10 +619,15 @@ impl State {
                 Inode {
                     kind,
                     mode,
+                    uid,
+                    gid,
                     nlink,
                     size,
+                    atime,
                     mtime,
                     ctime,
+                    rdev,
+                    target,
                     parent,
                     blocks,
                     entries,
@@ -526,6 +663,8 @@ impl State {
     pub(crate) fn check(&self) -> Vec<String> {
         let mut errs = Vec::new();
         let mut seen: HashSet<Ino> = HashSet::new();
+        // Directory entries naming each non-directory inode.
+        let mut names: HashMap<Ino, u32> = HashMap::new();
         let mut stack = vec![ROOT];
         seen.insert(ROOT);
         while let Some(d) = stack.pop() {
@@ -533,30 +672,46 @@ impl State {
                 errs.push(format!("directory {d} is missing"));
                 continue;
             };
+            let mut subdirs = 0u32;
             for (name, child) in &dir.entries {
                 match self.inodes.get(child) {
                     None => errs.push(format!(
                         "entry {name:?} in dir {d} points at missing inode {child}"
                     )),
-                    Some(c) => {
+                    Some(c) if c.kind == Kind::Dir => {
+                        subdirs += 1;
                         if !seen.insert(*child) {
-                            errs.push(format!("inode {child} is linked more than once"));
+                            errs.push(format!("directory {child} is linked more than once"));
                             continue;
                         }
                         if c.parent != d {
                             errs.push(format!(
-                                "inode {child} says parent {} but is in dir {d}",
+                                "directory {child} says parent {} but is in dir {d}",
                                 c.parent
                             ));
                         }
-                        if c.nlink != 1 {
-                            errs.push(format!("linked inode {child} has nlink {}", c.nlink));
-                        }
-                        if c.kind == Kind::Dir {
-                            stack.push(*child);
+                        stack.push(*child);
+                    }
+                    Some(c) => {
+                        seen.insert(*child);
+                        *names.entry(*child).or_default() += 1;
+                        if c.kind == Kind::Symlink && c.size != c.target.len() as u64 {
+                            errs.push(format!("symlink {child} size is not its target's"));
                         }
                     }
                 }
+            }
+            if dir.nlink != 2 + subdirs {
+                errs.push(format!(
+                    "directory {d} has nlink {} but {subdirs} subdirectories",
+                    dir.nlink
+                ));
+            }
+        }
+        for (ino, n) in &names {
+            let nlink = self.inodes.get(ino).map(|i| i.nlink).unwrap_or(0);
+            if nlink != *n {
+                errs.push(format!("inode {ino} has nlink {nlink} but {n} names"));
             }
         }
         for (ino, i) in &self.inodes {
@@ -573,8 +728,8 @@ impl State {
                     self.next_ino
                 ));
             }
-            if i.kind == Kind::Dir && !i.blocks.is_empty() {
-                errs.push(format!("directory {ino} owns data blocks"));
+            if i.kind != Kind::File && !i.blocks.is_empty() {
+                errs.push(format!("{:?} {ino} owns data blocks", i.kind));
             }
         }
         for ino in self.orphans.keys() {
@@ -643,6 +798,10 @@ mod tests {
                 ino,
                 kind,
                 mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                target: Vec::new(),
                 time: 1,
             },
             None,
@@ -719,6 +878,10 @@ mod tests {
             ino: 9,
             kind: Kind::File,
             mode: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: Vec::new(),
             time: 5,
         };
         assert_eq!(st.apply(&dup, None), Err(Refusal::Exists));

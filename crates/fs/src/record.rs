@@ -12,11 +12,18 @@ pub type Ino = u64;
 /// `lsn % ring_size`).
 pub type Lsn = u64;
 
-/// Inode kind.
+/// Inode kind. Only files have data blocks; a symlink keeps its target
+/// in the inode; FIFOs, sockets and devices are names with attributes
+/// (a device's number is `Stat::rdev`), their IO never reaches the fs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
 }
 
 impl Kind {
@@ -24,28 +31,97 @@ impl Kind {
         match self {
             Kind::File => 1,
             Kind::Dir => 2,
+            Kind::Symlink => 3,
+            Kind::Fifo => 4,
+            Kind::Socket => 5,
+            Kind::CharDev => 6,
+            Kind::BlockDev => 7,
         }
     }
     pub(crate) fn from_code(c: u8) -> Result<Kind, FsError> {
         match c {
             1 => Ok(Kind::File),
             2 => Ok(Kind::Dir),
+            3 => Ok(Kind::Symlink),
+            4 => Ok(Kind::Fifo),
+            5 => Ok(Kind::Socket),
+            6 => Ok(Kind::CharDev),
+            7 => Ok(Kind::BlockDev),
             _ => Err(FsError::corrupt(format!("unknown inode kind {c}"))),
         }
+    }
+    /// The `S_IFMT` bits of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDev => libc::S_IFCHR,
+            Kind::BlockDev => libc::S_IFBLK,
+        }
+    }
+    /// The kind of an `S_IFMT` value (`mknod`'s mode), if any.
+    pub fn from_type_bits(mode: u32) -> Option<Kind> {
+        [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDev,
+            Kind::BlockDev,
+        ]
+        .into_iter()
+        .find(|k| k.type_bits() == mode & libc::S_IFMT)
+    }
+}
+
+/// Attribute changes of one [`Op::SetAttr`]; `None` keeps the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (`07777`); the kind never changes.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Nanoseconds since the Unix epoch.
+    pub atime: Option<u64>,
+    pub mtime: Option<u64>,
+}
+
+impl SetAttr {
+    /// True when nothing would change.
+    pub fn is_empty(&self) -> bool {
+        *self == SetAttr::default()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// A new file or directory `name` in `parent`.
+    /// A new inode `name` in `parent`: `mode` holds the permission bits
+    /// (07777), `rdev` a device's number, `target` a symlink's target.
     Create {
         parent: Ino,
         name: String,
         ino: Ino,
         kind: Kind,
         mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+        target: Vec<u8>,
         time: u64,
     },
+    /// Another name for the existing non-directory `ino`.
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: String,
+        time: u64,
+    },
+    /// chmod / chown / utimens; ctime becomes `ctime`.
+    SetAttr { ino: Ino, attr: SetAttr, ctime: u64 },
     /// Removes `name` from `parent`: a file becomes an orphan, an (empty)
     /// directory is deleted.
     Remove {
@@ -96,6 +172,10 @@ impl Op {
                 ino,
                 kind,
                 mode,
+                uid,
+                gid,
+                rdev,
+                target,
                 time,
             } => {
                 e.u8(1);
@@ -104,7 +184,39 @@ impl Op {
                 e.u64(*ino);
                 e.u8(kind.code());
                 e.u32(*mode);
+                e.u32(*uid);
+                e.u32(*gid);
+                e.u64(*rdev);
+                e.bytes(target);
                 e.u64(*time);
+            }
+            Op::Link {
+                ino,
+                parent,
+                name,
+                time,
+            } => {
+                e.u8(11);
+                e.u64(*ino);
+                e.u64(*parent);
+                e.str(name);
+                e.u64(*time);
+            }
+            Op::SetAttr { ino, attr, ctime } => {
+                e.u8(12);
+                e.u64(*ino);
+                let flags = u8::from(attr.mode.is_some())
+                    | u8::from(attr.uid.is_some()) << 1
+                    | u8::from(attr.gid.is_some()) << 2
+                    | u8::from(attr.atime.is_some()) << 3
+                    | u8::from(attr.mtime.is_some()) << 4;
+                e.u8(flags);
+                e.u32(attr.mode.unwrap_or(0));
+                e.u32(attr.uid.unwrap_or(0));
+                e.u32(attr.gid.unwrap_or(0));
+                e.u64(attr.atime.unwrap_or(0));
+                e.u64(attr.mtime.unwrap_or(0));
+                e.u64(*ctime);
             }
             Op::Remove { parent, name, time } => {
                 e.u8(2);
@@ -180,8 +292,39 @@ impl Op {
                 ino: d.u64()?,
                 kind: Kind::from_code(d.u8()?)?,
                 mode: d.u32()?,
+                uid: d.u32()?,
+                gid: d.u32()?,
+                rdev: d.u64()?,
+                target: d.bytes()?.to_vec(),
                 time: d.u64()?,
             },
+            11 => Op::Link {
+                ino: d.u64()?,
+                parent: d.u64()?,
+                name: d.string()?,
+                time: d.u64()?,
+            },
+            12 => {
+                let ino = d.u64()?;
+                let flags = d.u8()?;
+                if flags & !0x1f != 0 {
+                    return Err(FsError::corrupt(format!("setattr flags {flags:#x}")));
+                }
+                let (mode, uid, gid) = (d.u32()?, d.u32()?, d.u32()?);
+                let (atime, mtime) = (d.u64()?, d.u64()?);
+                let on = |bit: u8| flags & (1 << bit) != 0;
+                Op::SetAttr {
+                    ino,
+                    attr: SetAttr {
+                        mode: on(0).then_some(mode),
+                        uid: on(1).then_some(uid),
+                        gid: on(2).then_some(gid),
+                        atime: on(3).then_some(atime),
+                        mtime: on(4).then_some(mtime),
+                    },
+                    ctime: d.u64()?,
+                }
+            }
             2 => Op::Remove {
                 parent: d.u64()?,
                 name: d.string()?,
@@ -252,7 +395,57 @@ mod tests {
                 ino: 2,
                 kind: Kind::File,
                 mode: 0o644,
+                uid: 1,
+                gid: 2,
+                rdev: 0,
+                target: Vec::new(),
                 time: 5,
+            },
+            Op::Create {
+                parent: 1,
+                name: "l".into(),
+                ino: 3,
+                kind: Kind::Symlink,
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                target: b"../x/y".to_vec(),
+                time: 5,
+            },
+            Op::Create {
+                parent: 1,
+                name: "c".into(),
+                ino: 4,
+                kind: Kind::CharDev,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                rdev: (1 << 8) | 3,
+                target: Vec::new(),
+                time: 5,
+            },
+            Op::Link {
+                ino: 2,
+                parent: 5,
+                name: "a2".into(),
+                time: 6,
+            },
+            Op::SetAttr {
+                ino: 2,
+                attr: SetAttr {
+                    mode: Some(0o4755),
+                    uid: None,
+                    gid: Some(65534),
+                    atime: Some(1),
+                    mtime: None,
+                },
+                ctime: 7,
+            },
+            Op::SetAttr {
+                ino: 2,
+                attr: SetAttr::default(),
+                ctime: 8,
             },
             Op::Remove {
                 parent: 1,
@@ -299,7 +492,7 @@ mod tests {
             assert_eq!(&Op::decode(&mut d).unwrap(), op);
         }
         d.finish().unwrap();
-        let mut bad = Dec::new(&[9u8], "test");
+        let mut bad = Dec::new(&[99u8], "test");
         assert!(Op::decode(&mut bad).is_err());
     }
 }

@@ -8,7 +8,10 @@ use crate::error::FsError;
 /// checkpoint headers are whole, aligned sectors.
 pub const SECTOR: u64 = 4096;
 pub(crate) const SB_MAGIC: &[u8; 8] = b"PIKAFSSB";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 2: inodes carry owner, atime, rdev and symlink targets; hard links,
+/// symlinks and special files (`Create` grew, `Link` and `SetAttr`
+/// records). Version 1 images are not read.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Offset of the two journal header slots (one sector each).
 pub(crate) const HEADER_OFF: u64 = SECTOR;
 /// The journal ring starts after the two header slots.

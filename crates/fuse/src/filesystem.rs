@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +22,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
-use pikafs_fs::{File, Fs, FsError, Ino, Kind, OpenFlags, Stat, NAME_MAX, ROOT_INO};
+use pikafs_fs::{
+    File, Fs, FsError, Ino, Kind, NewAttrs, OpenFlags, SetAttr, Stat, NAME_MAX, ROOT_INO,
+};
 
 use crate::inodes::{join, InodeTable};
 use crate::metrics::Metrics;
@@ -54,8 +58,6 @@ pub(crate) struct PikaFuse {
     ro: bool,
     ttl: Duration,
     open_flags: FopenFlags,
-    uid: u32,
-    gid: u32,
     inodes: InodeTable,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
@@ -71,6 +73,34 @@ fn kind(k: Kind) -> FileType {
     match k {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+/// The owner and umask'd mode the kernel asks a new inode to have.
+fn new_attrs(req: &Request, mode: u32, umask: u32) -> NewAttrs {
+    NewAttrs {
+        mode: mode & !umask & 0o7777,
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn ns_of(t: SystemTime) -> u64 {
+    // Times before 1970 are clamped: the fs keeps unsigned nanoseconds.
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn time_ns(t: TimeOrNow) -> u64 {
+    match t {
+        TimeOrNow::SpecificTime(t) => ns_of(t),
+        TimeOrNow::Now => ns_of(SystemTime::now()),
     }
 }
 
@@ -85,8 +115,6 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 
 impl PikaFuse {
     pub(crate) fn new(fs: Fs, ro: bool, metrics: Metrics) -> PikaFuse {
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         PikaFuse {
             fs,
             ro,
@@ -99,8 +127,6 @@ impl PikaFuse {
             } else {
                 FopenFlags::FOPEN_KEEP_CACHE
             },
-            uid,
-            gid,
             inodes: InodeTable::new(),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -111,26 +137,21 @@ impl PikaFuse {
 
     fn attr(&self, st: &Stat) -> FileAttr {
         let t = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
-        let nlink = match st.kind {
-            Kind::Dir => st.nlink.max(2),
-            Kind::File => st.nlink,
-        };
         FileAttr {
             ino: INodeNo(st.ino),
             size: st.size,
             blocks: st.allocated.div_ceil(512),
-            atime: t(st.mtime_ns),
+            atime: t(st.atime_ns),
             mtime: t(st.mtime_ns),
-            // The fs moves only mtime on writes, truncates and entry
-            // changes; those change the inode's status too.
-            ctime: t(st.ctime_ns.max(st.mtime_ns)),
+            ctime: t(st.ctime_ns),
             crtime: t(st.ctime_ns),
             kind: kind(st.kind),
             perm: (st.mode & 0o7777) as u16,
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
+            nlink: st.nlink,
+            uid: st.uid,
+            gid: st.gid,
+            // The kernel's dev_t as FUSE carries it (new_encode_dev).
+            rdev: st.rdev as u32,
             blksize: BLKSIZE,
             flags: 0,
         }
@@ -165,19 +186,21 @@ impl PikaFuse {
         FileHandle(fh)
     }
 
-    /// Stats `ino` by its path, checking the path still names it (an RO's
-    /// writer may have replaced it), else through an open handle.
+    /// Stats `ino` by number: inode numbers are never reused, so this is
+    /// right whatever names it has now (hard links, renames by an RO's
+    /// writer, an unlinked but open file).
     fn stat_ino(&self, ino: Ino) -> Result<Stat, Errno> {
-        if let Some(path) = self.inodes.path(ino) {
-            match self.fs.stat(&path) {
-                Ok(st) if st.ino == ino => return Ok(st),
-                Ok(_) | Err(FsError::NotFound { .. }) => {}
-                Err(e) => return Err(errno(&e)),
+        self.fs.stat_inode(ino).map_err(|e| errno(&e))
+    }
+
+    /// Replies with the entry the fs just made or linked.
+    fn reply_new(&self, path: String, r: Result<Stat, FsError>, reply: ReplyEntry) {
+        match r {
+            Ok(st) => {
+                self.inodes.remember(st.ino, path);
+                reply.entry(&self.ttl, &self.attr(&st), Generation(0));
             }
-        }
-        match self.any_handle(ino, false) {
-            Some(h) => h.file.stat().map_err(|e| errno(&e)),
-            None => Err(Errno::ENOENT),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -207,15 +230,11 @@ impl PikaFuse {
         if let Some(h) = by_fh.or_else(|| self.any_handle(ino, true)) {
             return h.file.truncate(size).map_err(|e| errno(&e));
         }
-        let path = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
         let flags = OpenFlags {
             write: true,
             ..OpenFlags::default()
         };
-        let file = self.fs.open(&path, flags).map_err(|e| errno(&e))?;
-        if file.ino() != ino {
-            return Err(Errno::ENOENT);
-        }
+        let file = self.fs.open_inode(ino, flags).map_err(|e| errno(&e))?;
         file.truncate(size).map_err(|e| errno(&e))
     }
 
@@ -267,12 +286,12 @@ impl Filesystem for PikaFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -281,11 +300,27 @@ impl Filesystem for PikaFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // The fs has no owners, permissions or settable times: those are
-        // accepted and ignored (so cp -p and rsync -a work), and the reply
-        // shows the unchanged values.
+        // Permission checks (owner for chmod/chown/utimes, write access
+        // for UTIME_NOW) and the set-ID bit clearing of chown and chmod
+        // are the kernel's: the mount uses `default_permissions`, and the
+        // kernel sends the cleared mode along.
         if let Some(size) = size {
             if let Err(e) = self.truncate(ino.0, fh, size) {
+                return reply.error(e);
+            }
+        }
+        let attr = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            atime: atime.map(time_ns),
+            mtime: mtime.map(time_ns),
+        };
+        if !attr.is_empty() {
+            if let Err(e) = self
+                .check_rw()
+                .and_then(|()| self.fs.setattr_inode(ino.0, &attr).map_err(|e| errno(&e)))
+            {
                 return reply.error(e);
             }
         }
@@ -297,21 +332,90 @@ impl Filesystem for PikaFuse {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let path = match self.check_rw().and_then(|()| self.child(parent, name)) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.fs.mkdir(&path) {
+        match self.fs.mkdir_as(&path, &new_attrs(req, mode, umask)) {
             Ok(()) => self.entry_of(path, reply),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.check_rw().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let Some(k) = Kind::from_type_bits(mode).filter(|k| *k != Kind::Dir && *k != Kind::Symlink)
+        else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self
+            .fs
+            .mknod(&path, k, &new_attrs(req, mode, umask), u64::from(rdev));
+        self.reply_new(path, r, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.check_rw().and_then(|()| self.child(parent, link_name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let attrs = new_attrs(req, 0o777, 0);
+        let r = self
+            .fs
+            .symlink(target.as_os_str().as_bytes(), &path, &attrs);
+        self.reply_new(path, r, reply);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink_inode(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let path = match self
+            .check_rw()
+            .and_then(|()| self.child(newparent, newname))
+        {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.fs.link_inode(ino.0, &path);
+        self.reply_new(path, r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -371,17 +475,12 @@ impl Filesystem for PikaFuse {
             if writable {
                 self.check_rw()?;
             }
-            let path = self.path_of(ino)?;
             let of = OpenFlags {
                 write: writable,
                 truncate: writable && flags.0 & libc::O_TRUNC != 0,
                 ..OpenFlags::default()
             };
-            let file = self.fs.open(&path, of).map_err(|e| errno(&e))?;
-            if file.ino() != ino.0 {
-                // The name now holds another inode (RO after a replace).
-                return Err(Errno::ENOENT);
-            }
+            let file = self.fs.open_inode(ino.0, of).map_err(|e| errno(&e))?;
             Ok(self.add_handle(file, writable))
         })();
         match r {
@@ -392,11 +491,11 @@ impl Filesystem for PikaFuse {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -409,7 +508,10 @@ impl Filesystem for PikaFuse {
                 truncate: flags & libc::O_TRUNC != 0,
                 write: true,
             };
-            let file = self.fs.open(&path, of).map_err(|e| errno(&e))?;
+            let file = self
+                .fs
+                .open_as(&path, of, &new_attrs(req, mode, umask))
+                .map_err(|e| errno(&e))?;
             let st = file.stat().map_err(|e| errno(&e))?;
             self.inodes.remember(st.ino, path);
             Ok((st, self.add_handle(file, true)))
@@ -629,8 +731,8 @@ impl Filesystem for PikaFuse {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        // No permissions: anything that exists is accessible, except
-        // writing on an RO mount.
+        // The kernel checks permissions itself (`default_permissions`) and
+        // does not ask; what is left is existence and the RO mount.
         let r = self.stat_ino(ino.0).and_then(|_| {
             if mask.contains(AccessFlags::W_OK) {
                 self.check_rw()

@@ -1,6 +1,8 @@
-//! The inode table: the fs API is path-based while the kernel speaks in
-//! inode numbers, so this maps each inode the kernel holds (looked up and
-//! not yet forgotten) to its current path.
+//! The inode table: the fs's namespace calls take paths while the kernel
+//! speaks in inode numbers, so this maps each inode the kernel holds
+//! (looked up and not yet forgotten) to its current path. Only the paths
+//! of directories (parents of namespace operations) are relied on; calls
+//! on an existing inode go to the fs by number.
 //!
 //! Inode numbers are the fs's own (`Stat::ino`; the root is 1 in both), so
 //! no translation is needed, only the path. Paths are refreshed by every
@@ -62,8 +64,10 @@ impl InodeTable {
     /// Records a lookup reply: `ino` is at `path`, one more kernel ref.
     pub(crate) fn remember(&self, ino: Ino, path: String) {
         let mut nodes = self.nodes.lock();
-        // No hard links: a path names one inode, so a stale holder of this
-        // path (renamed over by another mount's writer) loses it.
+        // A path names one inode (an inode may have several paths, but
+        // only its directories' paths are used to build new ones), so a
+        // stale holder of this path (renamed over by another mount's
+        // writer) loses it.
         for (other, n) in nodes.iter_mut() {
             if *other != ino && n.path.as_deref() == Some(path.as_str()) {
                 n.path = None;

@@ -15,9 +15,12 @@
 //!   [`MountOptions::catch_up_interval`]) the next syscall sees it;
 //! - a RW mount may cache for [`RW_TTL`]: it is the only writer;
 //! - the kernel's inode numbers are the fs's (`Stat::ino`, root 1);
-//! - owners, permissions and times cannot be set (the fs has none): such
-//!   `setattr`s succeed and change nothing; there are no symlinks, hard
-//!   links or special files (the kernel gets `ENOSYS`).
+//! - owners, permission bits, times, symlinks, hard links and special
+//!   files are the fs's (journaled, seen by RO mounts after catch-up); the
+//!   kernel enforces permissions against them (`default_permissions`), the
+//!   FUSE layer never checks access itself;
+//! - requests naming an existing inode go to the fs by inode number (never
+//!   reused), so hard links and unlinked-but-open files need no path.
 
 mod bench;
 mod error;
@@ -102,6 +105,9 @@ pub fn mount(fs: Fs, mountpoint: &Path, opts: &MountOptions) -> Result<Session, 
         MountOption::Subtype("pikafs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
+        // The kernel checks access against the owners and modes we
+        // report (EACCES/EPERM, sticky directories, set-ID clearing).
+        MountOption::DefaultPermissions,
         if ro { MountOption::RO } else { MountOption::RW },
     ];
     if opts.auto_unmount {
@@ -109,8 +115,8 @@ pub fn mount(fs: Fs, mountpoint: &Path, opts: &MountOptions) -> Result<Session, 
     }
     let mut config = Config::default();
     config.mount_options = mount_options;
-    // Other users (pjdfstest switches to nobody) may use the mount; there
-    // are no permissions to enforce anyway.
+    // Other users (pjdfstest switches to nobody) may use the mount; the
+    // kernel enforces permissions (`default_permissions`).
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;

@@ -376,3 +376,188 @@ fn ro_mount_sees_rw_changes() {
     let listing: Vec<_> = std::fs::read_dir(r.join("dir")).unwrap().collect();
     assert!(listing.is_empty());
 }
+
+/// The attributes compared between the RW and RO views of one name.
+fn posix_view(p: &Path) -> (u32, u32, u32, u64, u64, i64, i64, i64, i64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.nlink(),
+        m.size(),
+        m.atime(),
+        m.atime_nsec(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.rdev(),
+    )
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL in test paths")
+}
+
+#[test]
+fn posix_metadata_through_the_kernel_and_on_ro() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    // Other users must reach the mount points for the EACCES check.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let img = image(tmp.path());
+    let rw = mount_image(&img, tmp.path(), Mode::Rw);
+    let ro = mount_image(&img, tmp.path(), Mode::Ro);
+    let (w, r) = (&rw.dir, &ro.dir);
+
+    // chmod, chown (the kernel clears set-user-ID on chown).
+    std::fs::write(w.join("f"), b"payload").unwrap();
+    std::fs::set_permissions(w.join("f"), std::fs::Permissions::from_mode(0o4750)).unwrap();
+    assert_eq!(std::fs::metadata(w.join("f")).unwrap().mode(), 0o104750);
+    std::os::unix::fs::chown(w.join("f"), Some(1234), Some(5678)).unwrap();
+    let m = std::fs::metadata(w.join("f")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 5678, 0o750));
+
+    // The kernel enforces the reported bits (default_permissions):
+    // nobody may not read a 0750 file owned by someone else.
+    if have("setpriv") {
+        let denied = Command::new("timeout")
+            .args([
+                "10",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg("cat")
+            .arg(w.join("f"))
+            .output()
+            .unwrap();
+        assert!(!denied.status.success());
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+    } else {
+        println!("SKIP permission check: no setpriv");
+    }
+
+    // Symlink (lstat vs stat), hard link, FIFO, char device.
+    std::os::unix::fs::symlink("f", w.join("ln")).unwrap();
+    assert_eq!(
+        std::fs::read_link(w.join("ln")).unwrap(),
+        PathBuf::from("f")
+    );
+    assert!(std::fs::symlink_metadata(w.join("ln"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(w.join("ln")).unwrap(), b"payload");
+    std::fs::hard_link(w.join("f"), w.join("hl")).unwrap();
+    assert_eq!(std::fs::metadata(w.join("f")).unwrap().nlink(), 2);
+    // SAFETY: valid NUL-terminated paths; the calls only create inodes.
+    unsafe {
+        assert_eq!(libc::mkfifo(cpath(&w.join("fifo")).as_ptr(), 0o640), 0);
+        let dev = libc::makedev(1, 3);
+        assert_eq!(
+            libc::mknod(cpath(&w.join("null")).as_ptr(), libc::S_IFCHR | 0o600, dev),
+            0
+        );
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(w.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let null = std::fs::symlink_metadata(w.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+
+    // utimensat: explicit nanoseconds, and UTIME_OMIT keeps atime.
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 500_000_001,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 250_000_003,
+        },
+    ];
+    let omit_atime = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 7,
+        },
+    ];
+    // SAFETY: valid path and a two-element timespec array.
+    unsafe {
+        assert_eq!(
+            libc::utimensat(
+                libc::AT_FDCWD,
+                cpath(&w.join("hl")).as_ptr(),
+                times.as_ptr(),
+                0
+            ),
+            0
+        );
+        assert_eq!(
+            libc::utimensat(
+                libc::AT_FDCWD,
+                cpath(&w.join("fifo")).as_ptr(),
+                omit_atime.as_ptr(),
+                0
+            ),
+            0
+        );
+    }
+    let m = std::fs::metadata(w.join("f")).unwrap();
+    assert_eq!((m.atime(), m.atime_nsec()), (1_000_000_000, 500_000_001));
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 250_000_003));
+    let fifo = std::fs::symlink_metadata(w.join("fifo")).unwrap();
+    assert_eq!((fifo.mtime(), fifo.mtime_nsec()), (1_600_000_000, 7));
+    assert_ne!(fifo.atime(), 0, "UTIME_OMIT left atime alone");
+
+    // Directory link counts: 2 + subdirectories.
+    std::fs::create_dir_all(w.join("d/sub")).unwrap();
+    assert_eq!(std::fs::metadata(w.join("d")).unwrap().nlink(), 3);
+
+    // The RO mount sees every attribute after catch-up.
+    let names = ["f", "hl", "ln", "fifo", "null", "d", "d/sub"];
+    wait_for("RO sees d/sub", || r.join("d/sub").exists());
+    for n in names {
+        assert_eq!(posix_view(&r.join(n)), posix_view(&w.join(n)), "{n}");
+    }
+    assert_eq!(
+        std::fs::read_link(r.join("ln")).unwrap(),
+        PathBuf::from("f")
+    );
+    assert_eq!(std::fs::read(r.join("hl")).unwrap(), b"payload");
+
+    // Unlinking one name keeps the inode under the other, on both.
+    std::fs::remove_file(w.join("f")).unwrap();
+    assert_eq!(std::fs::metadata(w.join("hl")).unwrap().nlink(), 1);
+    wait_for("RO sees the unlink", || !r.join("f").exists());
+    assert_eq!(std::fs::metadata(r.join("hl")).unwrap().nlink(), 1);
+    assert_eq!(std::fs::read(r.join("hl")).unwrap(), b"payload");
+    // The dangling symlink stays a symlink.
+    assert!(std::fs::read(r.join("ln")).is_err());
+    assert!(std::fs::symlink_metadata(r.join("ln")).is_ok());
+
+    // And it all survives the RW's unmount and a remount.
+    drop(ro);
+    drop(rw);
+    let dev = Arc::new(FileDevice::open(&img).unwrap());
+    let rep = pikafs_fs::fsck(&*dev).unwrap();
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    let fs = Fs::mount(dev, Mode::Ro).unwrap();
+    let st = fs.stat("/hl").unwrap();
+    assert_eq!((st.uid, st.gid, st.nlink, st.mode), (1234, 5678, 1, 0o750));
+    assert_eq!(fs.readlink("/ln").unwrap(), b"f");
+}

@@ -149,6 +149,57 @@ fn rw_and_ro_mount_processes() {
         Some(libc::EROFS)
     );
 
+    // Owners, modes, links and times reach the RO mount process through
+    // the writer's commit notifications.
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let g = rw_dir.join("g");
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&g, Some(4321), Some(8765)).unwrap();
+        std::fs::hard_link(&g, rw_dir.join("d/g2")).unwrap();
+        std::os::unix::fs::symlink("../g", rw_dir.join("d/ln")).unwrap();
+        let times = [
+            libc::timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 123,
+            },
+            libc::timespec {
+                tv_sec: 1_234_567_891,
+                tv_nsec: 456,
+            },
+        ];
+        let gp = std::ffi::CString::new(g.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path and a two-element timespec array.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, gp.as_ptr(), times.as_ptr(), 0) },
+            0
+        );
+        // Last: once the RO has it, it has everything before it (the
+        // journal is applied in order).
+        let fifo = std::ffi::CString::new(rw_dir.join("d/p").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        wait_until("RO sees the fifo", Duration::from_secs(10), || {
+            ro_dir.join("d/p").exists()
+        });
+        let m = std::fs::metadata(ro_dir.join("d/g2")).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid(), m.nlink()),
+            (0o640, 4321, 8765, 2)
+        );
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_234_567_891, 456));
+        assert_eq!(
+            std::fs::read_link(ro_dir.join("d/ln")).unwrap(),
+            std::path::PathBuf::from("../g")
+        );
+        assert_eq!(std::fs::read(ro_dir.join("d/ln")).unwrap(), data);
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(ro_dir.join("d/p"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+
     ro.stop();
     rw.stop();
 
