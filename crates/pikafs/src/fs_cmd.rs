@@ -274,7 +274,24 @@ fn fs_err(op: &str, volume: &str, path: &str, e: FsError) -> anyhow::Error {
 fn kind_char(k: Kind) -> char {
     match k {
         Kind::Dir => 'd',
+        Kind::Symlink => 'l',
+        Kind::Fifo => 'p',
+        Kind::Socket => 's',
+        Kind::CharDev => 'c',
+        Kind::BlockDev => 'b',
         _ => '-',
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Dir => "directory",
+        Kind::Symlink => "symbolic link",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+        Kind::CharDev => "character device",
+        Kind::BlockDev => "block device",
+        _ => "file",
     }
 }
 
@@ -435,19 +452,25 @@ impl Tools {
             .stat(&path)
             .map_err(|e| fs_err("stat", &volume, &path, e))?;
         println!("path: {volume}:{path}");
-        println!(
-            "type: {}",
-            if st.kind == Kind::Dir {
-                "directory"
-            } else {
-                "file"
-            }
-        );
+        println!("type: {}", kind_name(st.kind));
         println!("ino: {}", st.ino);
         println!("size: {}", st.size);
         println!("allocated: {}", st.allocated);
         println!("mode: {:o} ({})", st.mode & 0o7777, mode_string(&st));
         println!("nlink: {}", st.nlink);
+        println!("uid: {}", st.uid);
+        println!("gid: {}", st.gid);
+        if st.kind == Kind::Symlink {
+            let target = m
+                .fs()
+                .readlink(&path)
+                .map_err(|e| fs_err("readlink", &volume, &path, e))?;
+            println!("target: {}", String::from_utf8_lossy(&target));
+        }
+        if matches!(st.kind, Kind::CharDev | Kind::BlockDev) {
+            println!("rdev: {}", st.rdev);
+        }
+        println!("atime: {}", fmt_time(st.atime_ns));
         println!("mtime: {}", fmt_time(st.mtime_ns));
         println!("ctime: {}", fmt_time(st.ctime_ns));
         m.unmount().context("unmount")?;

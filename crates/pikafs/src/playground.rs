@@ -37,6 +37,19 @@ pub struct PlaygroundArgs {
     /// Size of that volume.
     #[arg(long, value_parser = parse_size, default_value = "10GiB")]
     pub volume_size: u64,
+    /// Number of read-only kv nodes beside the read-write one.
+    #[arg(long = "ro", default_value_t = 2)]
+    pub ro: u16,
+    /// Port of the Redis proxy, the one address clients use.
+    #[arg(long, default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Start only the storage and file system (no kv nodes, no proxy), e.g.
+    /// to run raw volume benchmarks, which overwrite the file system.
+    #[arg(long)]
+    pub no_kv: bool,
+    /// Memory budget of each kv node (block cache plus memtables).
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub kv_memory: u64,
 }
 
 /// A child process with its name, stopped by PID.
@@ -44,15 +57,87 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Set for kv nodes: the arguments to restart it with when it exits.
+    /// A kv node exits when it loses the writer role (failover fenced it),
+    /// and comes back as a reader, as a supervisor would bring it back.
+    restart: Option<Restart>,
 }
+
+/// How a supervised child comes back.
+struct Restart {
+    args: Vec<String>,
+    /// Exits in the current window; too many and the playground gives up
+    /// rather than loop on a node that cannot start.
+    recent: Vec<Instant>,
+}
+
+/// At most this many restarts of one child per [`RESTART_WINDOW`].
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Every child, stopped on drop so an error path leaves nothing behind.
 struct Cluster {
     procs: Vec<Proc>,
+    /// How many of `procs` (the first ones) are ctrl and chunkservers.
+    storage: usize,
 }
 
 impl Cluster {
     fn spawn(&mut self, dir: &Path, name: &str, args: &[String]) -> anyhow::Result<()> {
+        let child = Self::start(dir, name, args)?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            log: dir.join(format!("{name}.log")),
+            restart: None,
+        });
+        Ok(())
+    }
+
+    /// Like [`Cluster::spawn`], but the child is restarted with
+    /// `restart_args` whenever it exits.
+    fn spawn_supervised(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        restart_args: Vec<String>,
+    ) -> anyhow::Result<()> {
+        self.spawn(dir, name, args)?;
+        if let Some(p) = self.procs.last_mut() {
+            p.restart = Some(Restart {
+                args: restart_args,
+                recent: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Restarts supervised children that exited.
+    fn supervise(&mut self, dir: &Path) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            let Some(r) = p.restart.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = p.child.try_wait() else {
+                continue;
+            };
+            let now = Instant::now();
+            r.recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+            anyhow::ensure!(
+                r.recent.len() < MAX_RESTARTS,
+                "{} exited {MAX_RESTARTS} times within {RESTART_WINDOW:?} (last: {status}); see {}",
+                p.name,
+                p.log.display()
+            );
+            r.recent.push(now);
+            warn!(name = p.name, %status, "exited; restarting it as a read-only node");
+            p.child = Self::start(dir, &p.name, &r.args)?;
+        }
+        Ok(())
+    }
+
+    fn start(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
         let exe = std::env::current_exe().context("find own executable")?;
         let log_path = dir.join(format!("{name}.log"));
         let log = OpenOptions::new()
@@ -75,18 +160,14 @@ impl Cluster {
         }
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
         info!(name, pid = child.id(), log = %log_path.display(), "started");
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log: log_path,
-        });
-        Ok(())
+        Ok(child)
     }
 
-    /// The first child that has exited, if any.
+    /// The first unsupervised child that has exited, if any.
     fn exited(&mut self) -> Option<String> {
         self.procs
             .iter_mut()
+            .filter(|p| p.restart.is_none())
             .find_map(|p| match p.child.try_wait() {
                 Ok(Some(status)) => Some(format!(
                     "{} exited with {status}; see {}",
@@ -97,9 +178,20 @@ impl Cluster {
             })
     }
 
-    /// SIGTERM to all, then SIGKILL to whoever outlives the grace period.
+    /// Stops the compute tier (kv nodes, proxy: everything after the
+    /// first `storage` children) before the storage it writes to, so the
+    /// RW kv node can flush and release its mount on the way out.
     fn stop(&mut self) {
-        for p in &mut self.procs {
+        let storage = self.storage.min(self.procs.len());
+        let compute: Vec<Proc> = self.procs.drain(storage..).collect();
+        Self::stop_all(compute);
+        let rest: Vec<Proc> = self.procs.drain(..).collect();
+        Self::stop_all(rest);
+    }
+
+    /// SIGTERM to all, then SIGKILL to whoever outlives the grace period.
+    fn stop_all(mut procs: Vec<Proc>) {
+        for p in &mut procs {
             if matches!(p.child.try_wait(), Ok(None)) {
                 if let Ok(pid) = libc::pid_t::try_from(p.child.id()) {
                     // SAFETY: plain kill(2) on our own child's PID.
@@ -108,7 +200,7 @@ impl Cluster {
             }
         }
         let deadline = Instant::now() + STOP_GRACE;
-        for p in &mut self.procs {
+        for p in &mut procs {
             loop {
                 match p.child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -122,7 +214,6 @@ impl Cluster {
                 }
             }
         }
-        self.procs.clear();
     }
 }
 
@@ -200,7 +291,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize().context("resolve playground dir")?;
     let ctrl_url = format!("http://127.0.0.1:{}", args.base_port);
-    let mut cluster = Cluster { procs: Vec::new() };
+    let mut cluster = Cluster {
+        procs: Vec::new(),
+        storage: usize::MAX,
+    };
     let s = |p: &Path| p.display().to_string();
     cluster.spawn(
         &dir,
@@ -266,6 +360,13 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         Err(e) => return Err(status_err("get volume", e)),
     }
     format_volume(&ctrl_url, &args.volume).await?;
+    cluster.storage = cluster.procs.len();
+    if !args.no_kv {
+        tokio::select! {
+            r = start_kv(&args, &dir, &ctrl_url, &mut cluster) => r?,
+            s = &mut signal => { info!(signal = s?, "stopping before the kv nodes were ready"); return Ok(()); }
+        }
+    }
     println!();
     println!(
         "pikafs playground is up: ctrl at {ctrl_url}, {} chunkservers, data and logs in {}",
@@ -285,14 +386,26 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!(
         "  mkdir -p /tmp/pikafs-mnt && pikafs mount {v} /tmp/pikafs-mnt   # add --ro for a reader"
     );
-    println!("  pikafs fs bench {v} --dir /tmp");
-    println!("(raw `pikafs volume write` / `bench volume` overwrite the file system)");
+    if args.no_kv {
+        println!("  pikafs fs bench {v} --dir /tmp");
+        println!("(raw `pikafs volume write` / `bench volume` overwrite the file system)");
+    } else {
+        println!(
+            "Redis: 1 read-write and {} read-only kv nodes on {v}, behind the proxy:",
+            args.ro
+        );
+        println!("  redis-cli -p {}", args.redis_port);
+    }
     println!("press Ctrl-C to stop");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             s = &mut signal => { info!(signal = s?, "stopping the playground"); break; }
             _ = tick.tick() => {
+                if let Err(e) = cluster.supervise(&dir) {
+                    cluster.stop();
+                    return Err(e);
+                }
                 if let Some(e) = cluster.exited() {
                     warn!("{e}; stopping the playground");
                     cluster.stop();
@@ -303,4 +416,105 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     }
     tokio::task::block_in_place(|| cluster.stop());
     Ok(())
+}
+
+/// Port offsets of the kv tier from `--base-port`: node i listens on
+/// +300+i and serves metrics on +400+i; the proxy's metrics are on +2.
+const KV_PORT: u16 = 300;
+const KV_METRICS_PORT: u16 = 400;
+const PROXY_METRICS_PORT: u16 = 2;
+/// How long a kv node gets to open RocksDB and answer PING; a restart
+/// after a crash waits for the old writer's mount lease first.
+const KV_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts the RW kv node, then (once it serves, so the database exists)
+/// the RO nodes, then the proxy.
+async fn start_kv(
+    args: &PlaygroundArgs,
+    dir: &Path,
+    ctrl_url: &str,
+    cluster: &mut Cluster,
+) -> anyhow::Result<()> {
+    let port = |off: u16| {
+        args.base_port.checked_add(off).with_context(|| {
+            format!(
+                "--base-port {} leaves no room for the kv nodes",
+                args.base_port
+            )
+        })
+    };
+    let node = |i: u16, role: &str| -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            "--ctrl".into(),
+            ctrl_url.into(),
+            "kv".into(),
+            "--role".into(),
+            role.into(),
+            "--volume".into(),
+            args.volume.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", port(KV_PORT + i)?),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", port(KV_METRICS_PORT + i)?),
+            "--local-dir".into(),
+            dir.join(format!("kv{i}")).display().to_string(),
+            "--memory".into(),
+            args.kv_memory.to_string(),
+        ])
+    };
+    // With readers, a writer that exits has lost its role to one of them
+    // (failover) and comes back as a reader; alone, it comes back as the
+    // writer.
+    let rw_restart = if args.ro > 0 { "ro" } else { "rw" };
+    cluster.spawn_supervised(dir, "kv0", &node(0, "rw")?, node(0, rw_restart)?)?;
+    wait_resp(port(KV_PORT)?, cluster).await?;
+    for i in 1..=args.ro {
+        cluster.spawn_supervised(dir, &format!("kv{i}"), &node(i, "ro")?, node(i, "ro")?)?;
+    }
+    for i in 1..=args.ro {
+        wait_resp(port(KV_PORT + i)?, cluster).await?;
+    }
+    cluster.spawn(
+        dir,
+        "proxy",
+        &[
+            "--ctrl".into(),
+            ctrl_url.into(),
+            "proxy".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.redis_port),
+            "--volume".into(),
+            args.volume.clone(),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", port(PROXY_METRICS_PORT)?),
+        ],
+    )?;
+    wait_resp(args.redis_port, cluster).await
+}
+
+/// Waits until a RESP server on 127.0.0.1:`port` answers PING.
+async fn wait_resp(port: u16, cluster: &mut Cluster) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + KV_READY_TIMEOUT;
+    let mut last = String::from("not listening yet");
+    while Instant::now() < deadline {
+        if let Some(e) = cluster.exited() {
+            anyhow::bail!("{e}");
+        }
+        let attempt = async {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            c.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+            let mut buf = [0u8; 64];
+            let n = c.read(&mut buf).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(reply)) if reply.starts_with("+PONG") => return Ok(()),
+            Ok(Ok(reply)) => last = format!("PING answered {:?}", reply.trim_end()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "PING timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("127.0.0.1:{port} did not answer PING within {KV_READY_TIMEOUT:?}: {last}")
 }

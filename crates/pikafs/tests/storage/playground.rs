@@ -14,7 +14,7 @@ fn playground_base() -> u16 {
         if base > 60_000 {
             continue;
         }
-        let all = [0u16, 1, 100, 101, 102, 200, 201, 202];
+        let all = [0u16, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 400, 401];
         if all
             .iter()
             .all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok())
@@ -25,6 +25,12 @@ fn playground_base() -> u16 {
 }
 
 async fn start(dir: &std::path::Path, base: u16) -> Proc {
+    // Storage only: these tests write raw bytes into the volume, which
+    // would destroy the file system under kv nodes.
+    start_with(dir, base, &["--no-kv"]).await
+}
+
+async fn start_with(dir: &std::path::Path, base: u16, extra: &[&str]) -> Proc {
     let args: Vec<String> = [
         "playground",
         "--dir",
@@ -35,6 +41,7 @@ async fn start(dir: &std::path::Path, base: u16) -> Proc {
         "1GiB",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let log = dir.join("playground.out");
@@ -42,7 +49,7 @@ async fn start(dir: &std::path::Path, base: u16) -> Proc {
     let p = Proc::spawn("playground", &args, &log).unwrap();
     wait_for(
         "the playground to say it is up",
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         || async {
             let out = std::fs::read_to_string(&log).unwrap_or_default();
             out.contains("playground is up").then_some(())
@@ -155,5 +162,94 @@ async fn playground_starts_serves_stops_and_reuses_its_data() {
     )
     .await;
     assert_eq!(out.stdout, b"kept across runs");
+    stop(&mut p, base);
+}
+
+async fn redis_at(port: u16) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connect in time")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_runs_the_whole_stack_behind_one_redis_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = playground_base();
+    let redis_port = free_port();
+    let rp = redis_port.to_string();
+    let extra = ["--ro", "1", "--redis-port", &rp];
+    let mut p = start_with(dir.path(), base, &extra).await;
+    let out = std::fs::read_to_string(dir.path().join("playground.out")).unwrap_or_default();
+    assert!(
+        out.contains(&format!("redis-cli -p {redis_port}")),
+        "the playground prints the redis-cli line:\n{out}"
+    );
+
+    let mut c = redis_at(redis_port).await;
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("kept across runs")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("greeting")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "kept across runs");
+    // Writes reach the RW node and reads the RO one, directly too.
+    let mut ro = redis_at(base + 301).await;
+    let err = redis::cmd("SET")
+        .arg("x")
+        .arg("1")
+        .query_async::<()>(&mut ro)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("READONLY"), "{err}");
+
+    let status = cli(base, &["status", "--json"], b"").await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", base + 300)),
+        "status lists the kv nodes: {text}"
+    );
+    drop(c);
+    drop(ro);
+    stop(&mut p, base);
+    for port in [redis_port, base + 300, base + 301] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still served after the playground stopped"
+        );
+    }
+
+    let mut p = start_with(dir.path(), base, &extra).await;
+    let mut c = redis_at(redis_port).await;
+    let v: String = wait_for(
+        "the value through the proxy after a rerun",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move {
+                redis::cmd("GET")
+                    .arg("greeting")
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, "kept across runs");
+    let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    drop(c);
     stop(&mut p, base);
 }
