@@ -24,6 +24,9 @@ pub enum Handler {
     Data(DataFn),
     /// Handled by the session (connection state or server-wide state).
     Session,
+    /// A blocking list command (see `blocking.rs`): tried like a write
+    /// command, then parked on the connection task until it can be served.
+    Blocking(&'static crate::blocking::BlockOps),
 }
 
 /// Modifies data: runs in a write txn, rejected on RO, marks WATCHed keys.
@@ -157,6 +160,7 @@ pub const MODULES: &[&[CommandSpec]] = &[
     crate::set::COMMANDS,
     crate::zset::COMMANDS,
     crate::session::COMMANDS,
+    crate::blocking::COMMANDS,
 ];
 
 /// The table by lower-case name.

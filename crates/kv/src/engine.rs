@@ -90,7 +90,13 @@ pub struct Engine {
     cache: Cache,
     wbm: WriteBufferManager,
     memory_bytes: usize,
+    /// RO: when the last successful catch-up *started*: the node holds
+    /// every primary write that was visible in the files at that instant.
     last_catch_up: Mutex<Option<Instant>>,
+    catch_ups: AtomicU64,
+    /// The applied sequence, published after every catch-up (RO) for
+    /// `PIKAFS WAITSEQ`.
+    applied_tx: tokio::sync::watch::Sender<u64>,
     catch_up_trigger: Arc<tokio::sync::Notify>,
     hooks: RwLock<Vec<KeyModifiedHook>>,
     secondary_dir: Option<PathBuf>,
@@ -272,6 +278,7 @@ impl Engine {
         let db = Arc::new(db);
         let _ = cell.set(Arc::downgrade(&db));
         let wal = (role == Role::Rw).then(|| WalSync::start(db.clone(), cfg.fsync));
+        let (applied_tx, _) = tokio::sync::watch::channel(db.latest_sequence_number());
         Ok(Arc::new(Engine {
             db,
             role,
@@ -283,6 +290,8 @@ impl Engine {
             wbm,
             memory_bytes: memory,
             last_catch_up: Mutex::new(Some(Instant::now())),
+            catch_ups: AtomicU64::new(0),
+            applied_tx,
             catch_up_trigger: Arc::new(tokio::sync::Notify::new()),
             hooks: RwLock::new(Vec::new()),
             secondary_dir,
@@ -389,9 +398,43 @@ impl Engine {
         if self.role != Role::Ro {
             return Ok(());
         }
-        let _g = self.catch_up_lock.write();
-        self.db.try_catch_up_with_primary()?;
-        *self.last_catch_up.lock() = Some(Instant::now());
+        let started = Instant::now();
+        let seq = {
+            let _g = self.catch_up_lock.write();
+            self.db.try_catch_up_with_primary()?;
+            self.db.latest_sequence_number()
+        };
+        *self.last_catch_up.lock() = Some(started);
+        self.catch_ups.fetch_add(1, Ordering::Relaxed);
+        self.applied_tx.send_replace(seq);
+        Ok(())
+    }
+
+    /// RO: successful catch-ups so far.
+    pub fn catch_up_count(&self) -> u64 {
+        self.catch_ups.load(Ordering::Relaxed)
+    }
+
+    /// The applied sequence as published after each catch-up (RO); on RW
+    /// it stays at the open-time value, use [`Engine::applied_sequence`].
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// RW: flushes the memtables and compacts both column families fully
+    /// (bottommost level rewritten too), so the filters run over every
+    /// record and superseded SST files are deleted. Blocks.
+    ///
+    /// # Errors
+    /// A flush failed.
+    pub fn compact_all(&self) -> Result<(), KvError> {
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for cf in [self.meta_cf(), self.data_cf()] {
+            self.db.flush_cf(cf)?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
+        }
         Ok(())
     }
 
@@ -401,7 +444,9 @@ impl Engine {
         self.catch_up_trigger.clone()
     }
 
-    /// RO: time since the last successful catch-up.
+    /// RO: time since the start of the last successful catch-up, i.e. an
+    /// upper bound on how stale this node's view is (for primary writes
+    /// already visible in the files).
     pub fn catch_up_lag(&self) -> Option<Duration> {
         self.last_catch_up.lock().map(|t| t.elapsed())
     }

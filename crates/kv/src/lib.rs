@@ -19,10 +19,13 @@
 //!
 //! Layout: `resp` (wire), `command` (table + arg parsing), `session`
 //! (connection state, MULTI/EXEC, server commands), `server` (sockets,
-//! background tasks), `engine`/`txn`/`wal`/`encoding` (storage), and one
-//! module per data type (`string`, `hash`, `keyspace` for generic keys).
+//! background tasks), `engine`/`txn`/`wal`/`encoding` (storage), one
+//! module per data type (`string`, `hash`, `list`, `set`, `zset`,
+//! `keyspace` for generic keys) and `blocking` (BLPOP & co.: blocked
+//! clients wait on their connection task, never on a thread).
 //! `HANDOFF.md` explains how to add a data type.
 
+pub mod blocking;
 pub mod command;
 pub mod config;
 pub mod cursor;

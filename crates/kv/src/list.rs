@@ -592,6 +592,51 @@ fn move_generic(
     Ok(Reply::bulk(v))
 }
 
+/// Pops up to `count` elements (one when `None`) from `key` for the
+/// blocking commands: `None` when the key is absent (nothing to serve),
+/// WRONGTYPE when it is not a list.
+pub(crate) fn pop_some(
+    t: &mut Txn<'_>,
+    key: &[u8],
+    left: bool,
+    count: u64,
+) -> Result<Option<Vec<Vec<u8>>>, CmdError> {
+    let Some(mut l) = list(t, key)? else {
+        return Ok(None);
+    };
+    let n = count.min(l.len());
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        if let Some(v) = l.pop(t, key, left)? {
+            out.push(v);
+        }
+    }
+    if out.is_empty() {
+        return Ok(None);
+    }
+    l.store(t, key);
+    Ok(Some(out))
+}
+
+/// LMOVE for the blocking commands: `None` when `src` is absent.
+pub(crate) fn move_some(
+    t: &mut Txn<'_>,
+    src: &[u8],
+    dst: &[u8],
+    from_left: bool,
+    to_left: bool,
+) -> Result<Option<Reply>, CmdError> {
+    match move_generic(t, src, dst, from_left, to_left)? {
+        Reply::Nil => Ok(None),
+        r => Ok(Some(r)),
+    }
+}
+
+/// `LEFT`/`RIGHT` → `true` for left; anything else is a syntax error.
+pub(crate) fn parse_side_arg(b: &[u8]) -> Result<bool, CmdError> {
+    parse_side(b)
+}
+
 fn lmove(t: &mut Txn<'_>, a: &[Bytes]) -> Result<Reply, CmdError> {
     let from_left = parse_side(&a[3])?;
     let to_left = parse_side(&a[4])?;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub durable_wait_seconds: Histogram,
     pub catch_ups: Counter,
     pub catch_up_errors: Counter,
+    pub catch_up_seconds: Histogram,
     pub expired_keys: Counter,
 }
 
@@ -49,6 +50,7 @@ impl Metrics {
             durable_wait_seconds: buckets(),
             catch_ups: Counter::default(),
             catch_up_errors: Counter::default(),
+            catch_up_seconds: buckets(),
             expired_keys: Counter::default(),
         };
         reg.register(
@@ -105,6 +107,11 @@ impl Metrics {
             "pikafs_kv_catch_up_errors",
             "Failed RO catch-ups",
             m.catch_up_errors.clone(),
+        );
+        reg.register(
+            "pikafs_kv_catch_up_duration_seconds",
+            "RO: time of one catch-up with the primary (try_catch_up_with_primary)",
+            m.catch_up_seconds.clone(),
         );
         reg.register(
             "pikafs_kv_expired_keys",

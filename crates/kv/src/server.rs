@@ -6,6 +6,7 @@
 //! synced past everything the batch wrote or read (group commit), then
 //! write all the replies at once.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,12 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::blocking::{timeout_reply, Blocking};
 use crate::config::{KvConfig, Runtime};
 use crate::encoding::{meta_key, DBS};
 use crate::engine::{Engine, EngineConfig, Role};
 use crate::error::KvError;
 use crate::resp::{parse_request, Reply};
-use crate::session::{Session, Shared};
+use crate::session::{Blocked, Session, Shared};
 use crate::txn::{decode_meta_row, Space};
 use crate::watch::Watches;
 
@@ -77,6 +79,11 @@ impl KvServer {
             let w = watches.clone();
             engine.add_key_modified_hook(Arc::new(move |t| w.touched(t)));
         }
+        let blocking = Arc::new(Blocking::default());
+        {
+            let b = blocking.clone();
+            engine.add_key_modified_hook(Arc::new(move |t| b.touched(t)));
+        }
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| KvError::Bind {
@@ -101,6 +108,7 @@ impl KvServer {
                 ignored: RwLock::new(Default::default()),
             },
             watches,
+            blocking,
             metrics,
             clients: Mutex::new(Default::default()),
             next_client_id: AtomicU64::new(1),
@@ -149,6 +157,7 @@ impl KvServer {
         match self.cfg.role {
             Role::Rw => {
                 tracker.spawn(expire_loop(shared.clone(), shutdown.clone()));
+                tracker.spawn(unblock_loop(shared.clone(), shutdown.clone()));
             }
             Role::Ro => {
                 tracker.spawn(catch_up_loop(
@@ -227,11 +236,18 @@ async fn connection(
     let mut session = Some(session);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
+    // Requests parsed but not executed yet (those pipelined behind a
+    // blocked command).
+    let mut pending: VecDeque<Vec<bytes::Bytes>> = VecDeque::new();
     'conn: loop {
         // Parse every complete request already buffered.
         let mut batch = Vec::new();
         let mut proto_err = None;
         while batch.len() < MAX_BATCH {
+            if let Some(req) = pending.pop_front() {
+                batch.push(req);
+                continue;
+            }
             match parse_request(&mut buf) {
                 Ok(Some(req)) => {
                     if !req.is_empty() {
@@ -269,9 +285,17 @@ async fn connection(
         let res = tokio::task::spawn_blocking(move || {
             let mut replies = Vec::with_capacity(batch.len());
             let mut touched = false;
-            for req in batch {
+            let mut blocked = None;
+            let mut rest = Vec::new();
+            let mut reqs = batch.into_iter();
+            for req in reqs.by_ref() {
                 let o = s.execute(req);
                 touched |= o.touched_data || o.seq.is_some();
+                if o.blocked.is_some() {
+                    // Everything behind a blocked command waits for it.
+                    blocked = o.blocked;
+                    break;
+                }
                 if let Some(r) = o.reply {
                     replies.push(r);
                 }
@@ -279,12 +303,15 @@ async fn connection(
                     break;
                 }
             }
+            if blocked.is_some() {
+                rest.extend(reqs);
+            }
             // Everything the batch wrote or read is at or below this.
             let seq = touched.then(|| engine.applied_sequence());
-            (s, replies, seq)
+            (s, (replies, seq, blocked, rest))
         })
         .await;
-        let (s, replies, seq) = match res {
+        let (s, (mut replies, mut seq, mut blocked, rest)) = match res {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "command execution panicked; closing the connection");
@@ -293,6 +320,25 @@ async fn connection(
         };
         let closing = s.closing;
         session = Some(s);
+        for r in rest.into_iter().rev() {
+            pending.push_front(r);
+        }
+        if let Some(b) = blocked.take() {
+            // Answer what came before the blocked command first.
+            if !replies.is_empty() {
+                if !flush_replies(&shared, &mut sock, &mut out, &replies, seq).await {
+                    break;
+                }
+                replies.clear();
+            }
+            match wait_blocked(&shared, &mut sock, &mut buf, &kill, b).await {
+                Some((r, s)) => {
+                    replies.push(r);
+                    seq = s;
+                }
+                None => break,
+            }
+        }
         if let (Some(seq), Some(w)) = (seq, shared.engine.wal()) {
             let t = Instant::now();
             let r = w.wait_durable(seq).await;
@@ -345,6 +391,122 @@ async fn connection(
     shared.metrics.connections.dec();
     // Session drop (unwatch, client registry) may block briefly: do it here.
     drop(session);
+}
+
+/// Waits for the durability of `seq` (if any), then writes `replies`.
+/// `false`: the connection must close.
+async fn flush_replies(
+    shared: &Shared,
+    sock: &mut TcpStream,
+    out: &mut BytesMut,
+    replies: &[Reply],
+    seq: Option<u64>,
+) -> bool {
+    if let (Some(seq), Some(w)) = (seq, shared.engine.wal()) {
+        if let Err(e) = w.wait_durable(seq).await {
+            let _ = sock.write_all(format!("-ERR {e}\r\n").as_bytes()).await;
+            return false;
+        }
+    }
+    out.clear();
+    for r in replies {
+        r.encode(out);
+    }
+    sock.write_all(out).await.is_ok()
+}
+
+/// Most bytes buffered from a blocked client before we stop reading it
+/// (we still notice a close once it is under the limit again).
+const BLOCKED_READ_LIMIT: usize = 1 << 20;
+
+/// Waits for a blocked request's answer without holding a thread. `None`:
+/// the client went away or was killed (the waiter is forgotten).
+async fn wait_blocked(
+    shared: &Shared,
+    sock: &mut TcpStream,
+    buf: &mut BytesMut,
+    kill: &CancellationToken,
+    b: Blocked,
+) -> Option<(Reply, Option<u64>)> {
+    match b {
+        Blocked::Pop {
+            ticket,
+            mut rx,
+            timeout,
+        } => {
+            let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
+            let gone = loop {
+                tokio::select! {
+                    r = &mut rx => {
+                        return Some(match r {
+                            Ok(s) => (s.reply, s.seq),
+                            Err(_) => (timeout_reply(), None),
+                        });
+                    }
+                    _ = sleep_until_opt(deadline) => break false,
+                    _ = kill.cancelled() => break true,
+                    r = sock.read_buf(buf), if buf.len() < BLOCKED_READ_LIMIT => match r {
+                        Ok(0) | Err(_) => break true,
+                        Ok(_) => continue,
+                    },
+                }
+            };
+            if shared.blocking.cancel(ticket) {
+                return (!gone).then(|| (timeout_reply(), None));
+            }
+            // The unblocker claimed it just now: its reply is on the way.
+            let r = rx.await.ok();
+            if gone {
+                return None;
+            }
+            Some(r.map_or((timeout_reply(), None), |s| (s.reply, s.seq)))
+        }
+        Blocked::Seq { seq, timeout } => {
+            let eng = &shared.engine;
+            let mut w = eng.applied_watch();
+            eng.catch_up_trigger().notify_one();
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if eng.applied_sequence() >= seq {
+                    return Some((Reply::Int(1), None));
+                }
+                tokio::select! {
+                    r = w.changed() => if r.is_err() { return Some((Reply::Int(0), None)); },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let ok = eng.applied_sequence() >= seq;
+                        return Some((Reply::Int(i64::from(ok)), None));
+                    }
+                    _ = kill.cancelled() => return None,
+                    r = sock.read_buf(buf), if buf.len() < BLOCKED_READ_LIMIT => match r {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// RW: serves blocked clients whenever a key they wait on was written.
+async fn unblock_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = shared.blocking.woken() => {}
+        }
+        let sh = shared.clone();
+        let r = tokio::task::spawn_blocking(move || sh.blocking.serve_ready(&sh.engine)).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "unblocking task panicked");
+        }
+    }
 }
 
 /// RW: removes expired keys in the background, so they stop counting and
@@ -449,10 +611,15 @@ async fn catch_up_loop(shared: Arc<Shared>, interval: Duration, shutdown: Cancel
             _ = tokio::time::sleep(interval) => {}
         }
         let eng = shared.engine.clone();
+        let t = Instant::now();
         let r = tokio::task::spawn_blocking(move || eng.catch_up()).await;
         match r {
             Ok(Ok(())) => {
                 shared.metrics.catch_ups.inc();
+                shared
+                    .metrics
+                    .catch_up_seconds
+                    .observe(t.elapsed().as_secs_f64());
                 if failing {
                     tracing::info!("catch-up with the primary recovered");
                     failing = false;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking::{BlockOps, Blocking, Served};
 use crate::command::{
     self, is, lookup, parse_i64, CommandSpec, Handler, ADMIN, CONN, FAST, NO_AUTH,
 };
@@ -140,13 +141,24 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         CONN | FAST,
         "Enables read-write queries for a connection to a replica.",
     ),
+    spec(
+        "pikafs",
+        -2,
+        CONN,
+        "pikafs extensions: SEQ, WAITSEQ seq timeout_ms, COMPACT.",
+    ),
 ];
+
+/// Most a `PIKAFS WAITSEQ` may wait.
+pub const MAX_WAITSEQ_MS: u64 = 60_000;
 
 /// State shared by all sessions of one server.
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub runtime: Runtime,
     pub watches: Arc<Watches>,
+    /// Clients blocked in BLPOP & co.
+    pub blocking: Arc<Blocking>,
     pub metrics: Metrics,
     pub clients: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
     pub next_client_id: AtomicU64,
@@ -208,6 +220,26 @@ pub struct Outcome {
     /// Whether it read or wrote the keyspace (its reply must wait for
     /// durability of what it saw).
     pub touched_data: bool,
+    /// The request has no reply yet: the connection task must wait for it
+    /// (without holding a thread) before executing anything else.
+    pub blocked: Option<Blocked>,
+}
+
+/// A request that waits on the connection task.
+pub enum Blocked {
+    /// A blocking list command, registered with [`Blocking`]; on timeout
+    /// answer [`crate::blocking::timeout_reply`].
+    Pop {
+        ticket: u64,
+        rx: tokio::sync::oneshot::Receiver<Served>,
+        timeout: Option<std::time::Duration>,
+    },
+    /// `PIKAFS WAITSEQ` on an RO node: `:1` once the applied sequence
+    /// reaches `seq`, `:0` after `timeout`.
+    Seq {
+        seq: u64,
+        timeout: std::time::Duration,
+    },
 }
 
 /// One connection's state.
@@ -263,6 +295,7 @@ impl Session {
             reply: None,
             seq: None,
             touched_data: false,
+            blocked: None,
         };
         if args.is_empty() {
             return out;
@@ -350,7 +383,92 @@ impl Session {
                     f(&mut t, &args)
                 }
             }
+            Handler::Blocking(ops) => {
+                out.touched_data = true;
+                if self.engine().role() == Role::Ro {
+                    return Err(CmdError::ReadOnly);
+                }
+                self.block_or_serve(ops, args, out)
+            }
             Handler::Session => self.session_command(spec.name, &args, None, out),
+        }
+    }
+
+    /// Serves a blocking command now if one of its keys can, else parks it
+    /// (registered under the write lock, see `blocking.rs`).
+    fn block_or_serve(
+        &mut self,
+        ops: &'static BlockOps,
+        args: Vec<Bytes>,
+        out: &mut Outcome,
+    ) -> Result<Reply, CmdError> {
+        let req = (ops.parse)(&args)?;
+        let engine = self.shared.engine.clone();
+        let mut t = engine.write_txn(self.db);
+        if let Some(r) = ops.attempt(&mut t, &args, &req)? {
+            out.seq = t.commit().map_err(|e| CmdError::msg(format!("ERR {e}")))?;
+            return Ok(r);
+        }
+        let (ticket, rx) =
+            self.shared
+                .blocking
+                .register(self.db, req.keys, args, ops, self.info.id);
+        drop(t);
+        out.blocked = Some(Blocked::Pop {
+            ticket,
+            rx,
+            timeout: req.timeout,
+        });
+        // Placeholder; the connection task answers when served or timed out.
+        Ok(Reply::NilArray)
+    }
+
+    /// PIKAFS SEQ | WAITSEQ seq timeout_ms | COMPACT.
+    fn pikafs(&mut self, a: &[Bytes], out: &mut Outcome) -> Result<Reply, CmdError> {
+        let eng = self.shared.engine.clone();
+        let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
+        match (sub.as_str(), a.len()) {
+            ("seq", 2) => {
+                // The batch waits for durability of everything up to this
+                // before replying (appendfsync always).
+                out.touched_data = true;
+                Ok(Reply::Int(eng.applied_sequence() as i64))
+            }
+            ("waitseq", 4) => {
+                let seq = parse_i64(&a[2])?;
+                let ms = parse_i64(&a[3])?;
+                if !(0..=MAX_WAITSEQ_MS as i64).contains(&ms) {
+                    return Err(CmdError::msg(format!(
+                        "ERR timeout_ms must be between 0 and {MAX_WAITSEQ_MS}"
+                    )));
+                }
+                let seq = seq.max(0) as u64;
+                if eng.applied_sequence() >= seq {
+                    return Ok(Reply::Int(1));
+                }
+                if eng.role() == Role::Rw || ms == 0 {
+                    return Ok(Reply::Int(0));
+                }
+                out.blocked = Some(Blocked::Seq {
+                    seq,
+                    timeout: std::time::Duration::from_millis(ms as u64),
+                });
+                Ok(Reply::Int(0))
+            }
+            ("compact", 2) => {
+                if eng.role() == Role::Ro {
+                    return Err(CmdError::msg(
+                        "ERR PIKAFS COMPACT is only allowed on the RW node",
+                    ));
+                }
+                eng.compact_all()
+                    .map_err(|e| CmdError::msg(format!("ERR compaction failed: {e}")))?;
+                Ok(Reply::ok())
+            }
+            _ => Err(CmdError::msg(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PIKAFS SEQ, PIKAFS WAITSEQ <seq> <timeout_ms>, PIKAFS COMPACT.",
+                String::from_utf8_lossy(&a[1])
+            ))),
         }
     }
 
@@ -481,6 +599,12 @@ impl Session {
             }
             "lastsave" => Ok(Reply::Int((now_ms() / 1000) as i64)),
             "readonly" | "readwrite" => Ok(Reply::ok()),
+            "pikafs" => {
+                if txn.is_some() && !is(&a[1], "seq") {
+                    return Err(CmdError::msg("ERR only PIKAFS SEQ is allowed inside MULTI"));
+                }
+                self.pikafs(a, out)
+            }
             other => Err(CmdError::msg(format!("ERR unhandled command '{other}'"))),
         }
     }
@@ -620,6 +744,19 @@ impl Session {
                     Ok(r) => r,
                     Err(e) => Reply::Error(e.to_string()),
                 },
+                // Inside MULTI a blocking command never blocks.
+                Handler::Blocking(ops) => {
+                    let save = t.savepoint();
+                    let r = (ops.parse)(&args).and_then(|req| ops.attempt(&mut t, &args, &req));
+                    match r {
+                        Ok(Some(r)) => r,
+                        Ok(None) => (ops.empty_in_multi)(),
+                        Err(e) => {
+                            t.rollback_to(save);
+                            Reply::Error(e.to_string())
+                        }
+                    }
+                }
             };
             replies.push(r);
         }
@@ -915,7 +1052,7 @@ impl Session {
                 lines.push("# Clients".into());
                 lines.push(format!("connected_clients:{}", sh.clients.lock().len()));
                 lines.push(format!("maxclients:{}", sh.runtime.max_clients.read()));
-                lines.push("blocked_clients:0".into());
+                lines.push(format!("blocked_clients:{}", sh.blocking.blocked_clients()));
                 lines.push(format!(
                     "watching_clients:{}",
                     sh.watches.watched_keys().min(1)
@@ -981,6 +1118,7 @@ impl Session {
                         lines.push(format!("pikafs_applied_seq:{seq}"));
                         lines.push(format!("pikafs_primary_seq:{seq}"));
                         lines.push("pikafs_lag_ms:0".into());
+                        lines.push("pikafs_catch_ups:0".into());
                     }
                     Role::Ro => {
                         let lag = eng.catch_up_lag().map_or(-1, |d| d.as_millis() as i64);
@@ -1005,6 +1143,7 @@ impl Session {
                         // primary's sequence without reading its WAL.
                         lines.push("pikafs_primary_seq:unknown".into());
                         lines.push(format!("pikafs_lag_ms:{lag}"));
+                        lines.push(format!("pikafs_catch_ups:{}", eng.catch_up_count()));
                     }
                 }
             }
@@ -1030,6 +1169,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.unwatch();
+        self.shared.blocking.cancel_client(self.info.id);
         self.shared.clients.lock().remove(&self.info.id);
     }
 }

@@ -20,6 +20,8 @@ use crate::units::{fmt_size, parse_duration, parse_size};
 pub enum BenchCmd {
     /// Benchmark a volume through the volume client.
     Volume(VolumeBenchArgs),
+    /// RO visibility lag of RW kv writes under write load.
+    KvLag(crate::bench_kv::KvLagArgs),
 }
 
 #[derive(Debug, Args)]
@@ -411,7 +413,10 @@ fn to_json(rows: &[Outcome], targets: &[Target], span: u64) -> serde_json::Value
 
 /// Runs `pikafs bench ...`.
 pub async fn run(cmd: BenchCmd, ctrl_url: &str) -> anyhow::Result<()> {
-    let BenchCmd::Volume(args) = cmd;
+    let args = match cmd {
+        BenchCmd::Volume(args) => args,
+        BenchCmd::KvLag(args) => return crate::bench_kv::run_lag(args).await,
+    };
     let client = crate::volume::open(ctrl_url, &args.volume, None).await?;
     let span = args.span.min(client.size()) / (1 << 20) * (1 << 20);
     anyhow::ensure!(

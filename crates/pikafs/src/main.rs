@@ -7,6 +7,7 @@
 //! (the anyhow context chain) and exit with status 1.
 
 mod bench;
+mod bench_kv;
 mod cluster;
 mod fio;
 mod fs_cmd;
@@ -220,5 +221,6 @@ mod tests {
             (3, 7000, "vol0")
         );
         assert_eq!(p.volume_size, 10 << 30);
+        assert_eq!((p.ro, p.redis_port, p.no_kv), (2, 6379, false));
     }
 }

@@ -2,12 +2,15 @@
 //! through the Rust `redis` client, raw TCP, `redis-cli` and
 //! `redis-benchmark`. Expected replies follow the Redis 7 documentation.
 
+mod blocking;
 mod common;
 mod durability;
 mod hash;
 mod keys;
 mod list;
 mod ro;
+mod scan_churn;
+mod seq;
 mod server;
 mod set;
 mod strings;

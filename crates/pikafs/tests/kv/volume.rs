@@ -1,7 +1,8 @@
 //! kv on a pikafs volume: RocksDB's files go through the in-process
 //! FileSystem plugin to the fs layer on a replicated volume. A RW primary
-//! and an RO secondary share the volume; the RW is SIGKILLed under load
-//! and restarted, and no acknowledged write is lost.
+//! and an RO secondary share the volume; the RW is SIGKILLed under load,
+//! ctrl promotes the RO (docs/failover.md), no acknowledged write is lost,
+//! and the killed node comes back as an RO following the new writer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant};
 use pikafs_testkit::{free_port, wait_for, Cluster, ClusterOptions, Proc};
 use redis::aio::MultiplexedConnection;
 
-const VOL: &str = "kvvol";
+pub(crate) const VOL: &str = "kvvol";
 
-fn spawn(ctrl: &str, role: &str, port: u16, local: &Path) -> Proc {
+pub(crate) fn spawn(ctrl: &str, role: &str, port: u16, local: &Path) -> Proc {
     let args: Vec<String> = [
         "--ctrl",
         ctrl,
@@ -37,7 +38,7 @@ fn spawn(ctrl: &str, role: &str, port: u16, local: &Path) -> Proc {
     Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv")
 }
 
-async fn connect(port: u16, proc: &Proc) -> MultiplexedConnection {
+pub(crate) async fn connect(port: u16, proc: &Proc) -> MultiplexedConnection {
     let url = format!("redis://127.0.0.1:{port}/");
     let r = wait_for(
         "kv node on a volume serves",
@@ -143,12 +144,36 @@ async fn rw_and_ro_on_a_volume_survive_sigkill_of_the_writer() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 500, "writes were acknowledged under load");
 
-    // Restart: the new writer waits out the old mount lease, replays the
-    // WAL from the volume, and has every acknowledged write.
+    // Failover (docs/failover.md): ctrl fences the dead writer and promotes
+    // the RO node, which replays the WAL from the volume and must hold every
+    // acknowledged write.
     let t0 = Instant::now();
-    rw = spawn(&ctrl, "rw", rw_port, &tmp.path().join("rw"));
-    let mut c = connect(rw_port, &rw).await;
-    eprintln!("RW back after {:?}", t0.elapsed());
+    let ro_url = format!("redis://127.0.0.1:{ro_port}/");
+    let mut c = wait_for(
+        "the RO node is promoted to writer",
+        Duration::from_secs(60),
+        || {
+            let url = ro_url.clone();
+            async move {
+                let cl = redis::Client::open(url).ok()?;
+                let mut c = cl.get_multiplexed_async_connection().await.ok()?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                info.contains("role:master").then_some(c)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; RO log:\n{}",
+            std::fs::read_to_string(&ro.log).unwrap_or_default()
+        )
+    });
+    eprintln!("RO promoted after {:?}", t0.elapsed());
     let keys: Vec<&String> = acked.keys().collect();
     for chunk in keys.chunks(500) {
         let vals: Vec<Option<String>> = redis::cmd("MGET")
@@ -160,15 +185,18 @@ async fn rw_and_ro_on_a_volume_survive_sigkill_of_the_writer() {
             assert_eq!(v.as_ref(), acked.get(*k), "acknowledged {k} lost");
         }
     }
-    // The RO node follows the new writer too.
+    // The killed node comes back as a reader (as a supervisor restarts it)
+    // and follows the new writer.
+    rw = spawn(&ctrl, "ro", rw_port, &tmp.path().join("rw"));
+    let r = connect(rw_port, &rw).await;
     let _: () = redis::cmd("SET")
         .arg("after")
-        .arg("restart")
+        .arg("failover")
         .query_async(&mut c)
         .await
-        .expect("SET after restart");
+        .expect("SET on the new writer");
     let seen = wait_for(
-        "RO sees a write of the new RW",
+        "the restarted node sees a write of the new writer",
         Duration::from_secs(30),
         || {
             let mut r = r.clone();
@@ -178,11 +206,11 @@ async fn rw_and_ro_on_a_volume_survive_sigkill_of_the_writer() {
     .await
     .unwrap_or_else(|e| {
         panic!(
-            "{e}; RO log:\n{}",
-            std::fs::read_to_string(&ro.log).unwrap_or_default()
+            "{e}; restarted node's log:\n{}",
+            std::fs::read_to_string(&rw.log).unwrap_or_default()
         )
     });
-    assert_eq!(seen, "restart");
+    assert_eq!(seen, "failover");
     drop((rw, ro));
     let out = cluster.cli(&["fs", "fsck", VOL]).await.expect("fsck runs");
     assert!(out.status.success(), "fsck: {out:?}");
