@@ -12,6 +12,12 @@ pub const DEFAULT_SERVER_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_COPYSETS_PER_SERVER: u32 = 6;
 /// Default lease of a file-system mount; mounts renew well within it.
 pub const DEFAULT_MOUNT_LEASE: Duration = Duration::from_secs(10);
+/// Default lease of a kv node (`pikafs kv --volume`); nodes heartbeat
+/// every lease/4, and a writer silent this long is fenced and replaced.
+pub const DEFAULT_KV_LEASE: Duration = Duration::from_secs(2);
+/// Default time a promoted kv node gets to report RW before ctrl fences it
+/// and promotes another.
+pub const DEFAULT_KV_PROMOTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default period of the failure and placement check.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -36,6 +42,10 @@ pub struct Config {
     /// renewing loses exclusivity after this; an RO one stops pinning
     /// deleted files.
     pub mount_lease: Duration,
+    /// Lease of a kv node; see [`DEFAULT_KV_LEASE`].
+    pub kv_lease: Duration,
+    /// See [`DEFAULT_KV_PROMOTE_TIMEOUT`].
+    pub kv_promote_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +60,8 @@ impl Default for Config {
             copysets_per_server: DEFAULT_COPYSETS_PER_SERVER,
             check_interval: DEFAULT_CHECK_INTERVAL,
             mount_lease: DEFAULT_MOUNT_LEASE,
+            kv_lease: DEFAULT_KV_LEASE,
+            kv_promote_timeout: DEFAULT_KV_PROMOTE_TIMEOUT,
         }
     }
 }
@@ -63,7 +75,8 @@ impl Config {
     /// Rejects values the service cannot work with.
     ///
     /// # Errors
-    /// A zero lease, check interval or copysets-per-server.
+    /// A zero lease, check interval, promote timeout or copysets-per-server;
+    /// a kv lease under 100 ms.
     pub fn validate(&self) -> Result<(), String> {
         if self.server_lease.is_zero() {
             return Err("server_lease must be > 0".into());
@@ -73,6 +86,12 @@ impl Config {
         }
         if self.mount_lease.is_zero() {
             return Err("mount_lease must be > 0".into());
+        }
+        if self.kv_lease < Duration::from_millis(100) {
+            return Err("kv_lease must be >= 100ms".into());
+        }
+        if self.kv_promote_timeout.is_zero() {
+            return Err("kv_promote_timeout must be > 0".into());
         }
         if self.copysets_per_server == 0 {
             return Err("copysets_per_server must be > 0".into());

@@ -4,12 +4,16 @@
 //! members, volumes with their epochs and copyset lists) in redb, takes
 //! chunkserver heartbeats, places copysets, replaces the replicas of dead
 //! servers through raft membership changes driven by the copyset leaders,
-//! and bumps volume epochs for fencing. It serves the `Ctrl` gRPC service of
-//! `crates/proto/proto/ctrl.proto`.
+//! and bumps volume epochs for fencing. It keeps the fs mount leases
+//! ([`mounts`]) and the kv nodes' leases, fencing a kv writer whose lease
+//! lapsed and promoting an RO node ([`kvnodes`], `docs/failover.md`). It
+//! serves the `Ctrl` gRPC service of `crates/proto/proto/ctrl.proto`.
 //!
 //! Callers: the `pikafs ctrl` subcommand calls [`run`]; chunkservers call
 //! `RegisterServer`/`Heartbeat`; the volume client and the CLI call the
-//! volume RPCs, usually through [`connect`].
+//! volume RPCs, usually through [`connect`]; fs mounts call the mount RPCs;
+//! kv nodes call `KvHeartbeat`, proxies `KvTopology`, `pikafs kv promote`
+//! `KvPromote`.
 //!
 //! Invariants:
 //! - every mutation is committed durably to `data_dir/ctrl.redb` before the
@@ -21,7 +25,10 @@
 //!   once the leader reports voters equal to the previous target;
 //! - a replica is told to DESTROY only after the leader stopped counting it
 //!   as a voter;
-//! - after a restart every known server gets a full lease of grace.
+//! - after a restart every known server gets a full lease of grace;
+//! - kv nodes (see [`kvnodes`]): at most one holds the RW seat, and a node
+//!   loses it only after ctrl fenced it (volume epoch bumped durably, its
+//!   fs mount lease dropped); only then is another node told to promote.
 //!
 //! ctrl is off the IO path: IO goes on while it is down.
 //! See `docs/ctrl.md` for tables, record formats and the membership state
@@ -30,6 +37,7 @@
 mod cluster;
 pub mod config;
 pub mod error;
+pub mod kvnodes;
 mod metrics;
 pub mod mounts;
 mod placement;
@@ -144,9 +152,16 @@ pub async fn run_with_listener(
         snap,
         config.server_lease,
         config.copysets_per_server,
-        metrics,
+        metrics.clone(),
         Instant::now(),
     )));
+    let service = CtrlService::new(
+        cluster.clone(),
+        config.mount_lease,
+        config.kv_lease,
+        config.kv_promote_timeout,
+        metrics,
+    );
 
     let stop_checks = shutdown.child_token();
     let checker = tokio::spawn(check_loop(
@@ -154,22 +169,46 @@ pub async fn run_with_listener(
         config.check_interval,
         stop_checks.clone(),
     ));
+    let kv_checker = tokio::spawn(kv_check_loop(service.clone(), stop_checks.clone()));
 
     let local = listener.local_addr().context("read gRPC listen address")?;
     info!(%local, "ctrl serving");
     let served = tonic::transport::Server::builder()
-        .add_service(pikafs_proto::ctrlpb::ctrl_server::CtrlServer::new(
-            CtrlService::new(cluster, config.mount_lease),
-        ))
+        .add_service(pikafs_proto::ctrlpb::ctrl_server::CtrlServer::new(service))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
         .await;
     stop_checks.cancel();
     if let Err(e) = checker.await {
         error!(error = %e, "ctrl check loop panicked");
     }
+    if let Err(e) = kv_checker.await {
+        error!(error = %e, "ctrl kv check loop panicked");
+    }
     served.context("serve ctrl gRPC")?;
     info!("ctrl stopped");
     Ok(())
+}
+
+/// Period of the kv lease check: a lapsed writer is noticed within this
+/// of its lease end, a small part of the failover budget.
+const KV_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Expires kv leases (fencing and replacing a lapsed writer) until
+/// cancelled.
+async fn kv_check_loop(service: CtrlService, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(KV_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = service.clone();
+        // Fencing commits to redb: keep it off the async workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || s.kv_check(Instant::now())).await {
+            error!(error = %e, "kv check panicked");
+        }
+    }
 }
 
 /// Runs [`Cluster::check`] every `interval` until cancelled.

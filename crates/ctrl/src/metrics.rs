@@ -21,6 +21,11 @@ pub struct Metrics {
     pub replacements: Counter,
     /// `pikafs_ctrl_epoch_bumps_total`.
     pub epoch_bumps: Counter,
+    /// `pikafs_ctrl_kv_fences_total`: kv writers fenced (lapse, zombie,
+    /// failed promotion, step-down).
+    pub kv_fences: Counter,
+    /// `pikafs_ctrl_kv_promotions_total`: kv nodes promoted to RW.
+    pub kv_promotions: Counter,
 }
 
 impl Metrics {
@@ -51,6 +56,16 @@ impl Metrics {
             "pikafs_ctrl_epoch_bumps",
             "Volume epoch bumps",
             self.epoch_bumps.clone(),
+        );
+        registry.register(
+            "pikafs_ctrl_kv_fences",
+            "kv writers fenced: epoch bumped and fs mount lease dropped",
+            self.kv_fences.clone(),
+        );
+        registry.register(
+            "pikafs_ctrl_kv_promotions",
+            "kv nodes promoted to the RW role",
+            self.kv_promotions.clone(),
         );
     }
 
@@ -86,5 +101,7 @@ mod tests {
         assert!(out.contains("pikafs_ctrl_replacements_total 0"), "{out}");
         assert!(out.contains("pikafs_ctrl_epoch_bumps_total 0"), "{out}");
         assert!(out.contains("pikafs_ctrl_copysets_degraded 0"), "{out}");
+        assert!(out.contains("pikafs_ctrl_kv_fences_total 0"), "{out}");
+        assert!(out.contains("pikafs_ctrl_kv_promotions_total 0"), "{out}");
     }
 }

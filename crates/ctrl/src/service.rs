@@ -2,7 +2,7 @@
 //! under its lock, encodes answers.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pikafs_proto::ctrlpb::ctrl_server::Ctrl;
 use pikafs_proto::ctrlpb::{
@@ -13,10 +13,12 @@ use pikafs_proto::ctrlpb::{
     RenewMountRequest, RenewMountResponse, VolumeInfo, VolumeName,
 };
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::cluster::Cluster;
 use crate::error::CtrlError;
+use crate::kvnodes::{Fence, KvRegistry, PromoteError};
+use crate::metrics::Metrics;
 use crate::mounts::MountTable;
 
 /// Shared handle to the cluster map.
@@ -26,13 +28,83 @@ pub struct CtrlService {
     // Lock order: `cluster` before `mounts`, so an RW grant can bump the
     // epoch durably and record the lease atomically.
     mounts: Arc<Mutex<MountTable>>,
+    // Lock order: `cluster`, `mounts`, then `kv`: a kv lease lapse fences
+    // (epoch bump, mount lease drop) under all three, before any node can
+    // be told to promote.
+    kv: Arc<Mutex<KvRegistry>>,
+    metrics: Metrics,
 }
 
 impl CtrlService {
-    pub fn new(cluster: Arc<Mutex<Cluster>>, mount_lease: std::time::Duration) -> Self {
+    pub fn new(
+        cluster: Arc<Mutex<Cluster>>,
+        mount_lease: Duration,
+        kv_lease: Duration,
+        kv_promote_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        let generation_base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         CtrlService {
             cluster,
             mounts: Arc::new(Mutex::new(MountTable::new(mount_lease))),
+            kv: Arc::new(Mutex::new(KvRegistry::new(
+                kv_lease,
+                kv_promote_timeout,
+                generation_base,
+            ))),
+            metrics,
+        }
+    }
+
+    fn lock_kv(&self) -> MutexGuard<'_, KvRegistry> {
+        self.kv.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Expires kv leases and fences lapsed writers; run by the check loop
+    /// so a failover does not wait for some node's heartbeat.
+    pub fn kv_check(&self, now: Instant) {
+        let mut cluster = self.lock();
+        let mut mounts = self.lock_mounts();
+        let mut kv = self.lock_kv();
+        let fences = kv.tick(now);
+        self.apply_fences(&mut cluster, &mut mounts, fences, now);
+        self.sync_kv_metrics(&kv);
+    }
+
+    fn sync_kv_metrics(&self, kv: &KvRegistry) {
+        let done = kv.events().promotions;
+        let seen = self.metrics.kv_promotions.get();
+        if done > seen {
+            self.metrics.kv_promotions.inc_by(done - seen);
+        }
+    }
+
+    /// Fences former kv writers: the epoch bump is durable before this
+    /// returns, so a node told to promote afterwards mounts past it.
+    fn apply_fences(
+        &self,
+        cluster: &mut Cluster,
+        mounts: &mut MountTable,
+        fences: Vec<Fence>,
+        now: Instant,
+    ) {
+        for f in fences {
+            match cluster.bump_epoch(&f.volume, now) {
+                Ok(v) => {
+                    info!(volume = %f.volume, node = %f.node_id, mount = f.mount_id, epoch = v.epoch, "kv writer fenced");
+                }
+                // The next writer's RW mount bumps the epoch again, so
+                // safety does not rest on this one; a human must look.
+                Err(e) => {
+                    error!(volume = %f.volume, node = %f.node_id, error = %e, "fencing a kv writer: epoch bump failed")
+                }
+            }
+            if f.mount_id != 0 {
+                mounts.release(&f.volume, f.mount_id);
+            }
+            self.metrics.kv_fences.inc();
         }
     }
 
@@ -128,6 +200,7 @@ impl Ctrl for CtrlService {
         }
         cluster.delete_volume(&name).map_err(status)?;
         mounts.forget(&name);
+        self.lock_kv().forget(&name);
         Ok(Response::new(Empty {}))
     }
 
@@ -245,25 +318,77 @@ impl Ctrl for CtrlService {
         Ok(Response::new(ListMountsResponse { mounts }))
     }
 
-    // kv-node leases and failover: stubs until the kv registry lands.
     async fn kv_heartbeat(
         &self,
-        _req: Request<KvHeartbeatRequest>,
+        req: Request<KvHeartbeatRequest>,
     ) -> Result<Response<KvHeartbeatResponse>, Status> {
-        Err(Status::unimplemented("kv heartbeats"))
+        let r = req.into_inner();
+        if r.node_id.is_empty() || r.volume.is_empty() {
+            return Err(Status::invalid_argument("volume and node_id are required"));
+        }
+        let now = Instant::now();
+        let mut cluster = self.lock();
+        let mut mounts = self.lock_mounts();
+        let mut kv = self.lock_kv();
+        let lease_ms = kv.lease().as_millis() as u64;
+        match cluster.get_volume(&r.volume, now) {
+            Ok(_) => {}
+            Err(e @ CtrlError::VolumeNotFound(_)) => {
+                return Ok(Response::new(KvHeartbeatResponse {
+                    ok: false,
+                    lease_ms,
+                    message: e.to_string(),
+                    ..Default::default()
+                }))
+            }
+            Err(e) => return Err(status(e)),
+        }
+        let (ans, fences) = kv.heartbeat(&r, now);
+        self.apply_fences(&mut cluster, &mut mounts, fences, now);
+        self.sync_kv_metrics(&kv);
+        Ok(Response::new(KvHeartbeatResponse {
+            ok: true,
+            lease_ms,
+            command: ans.command as i32,
+            generation: ans.generation,
+            message: ans.message,
+            fenced: ans.fenced,
+        }))
     }
 
     async fn kv_topology(
         &self,
-        _req: Request<VolumeName>,
+        req: Request<VolumeName>,
     ) -> Result<Response<KvTopologyResponse>, Status> {
-        Err(Status::unimplemented("kv topology"))
+        let name = req.into_inner().name;
+        let now = Instant::now();
+        let mut cluster = self.lock();
+        cluster.get_volume(&name, now).map_err(status)?;
+        let mut mounts = self.lock_mounts();
+        let mut kv = self.lock_kv();
+        let (topo, fences) = kv.topology(&name, now);
+        self.apply_fences(&mut cluster, &mut mounts, fences, now);
+        Ok(Response::new(topo))
     }
 
     async fn kv_promote(
         &self,
-        _req: Request<KvPromoteRequest>,
+        req: Request<KvPromoteRequest>,
     ) -> Result<Response<KvTopologyResponse>, Status> {
-        Err(Status::unimplemented("kv promote"))
+        let r = req.into_inner();
+        let now = Instant::now();
+        let mut cluster = self.lock();
+        cluster.get_volume(&r.volume, now).map_err(status)?;
+        let mut mounts = self.lock_mounts();
+        let mut kv = self.lock_kv();
+        let (topo, fences) = kv
+            .promote(&r.volume, &r.node_id, now)
+            .map_err(|e| match e {
+                PromoteError::UnknownNode { .. } => Status::not_found(e.to_string()),
+                _ => Status::failed_precondition(e.to_string()),
+            })?;
+        self.apply_fences(&mut cluster, &mut mounts, fences, now);
+        info!(volume = %r.volume, target = %r.node_id, "kv switchover requested");
+        Ok(Response::new(topo))
     }
 }

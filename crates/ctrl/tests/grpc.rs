@@ -8,8 +8,8 @@ use pikafs_ctrl::{connect, Config, CtrlClient};
 use pikafs_proto::ctrlpb::copyset_command::Kind;
 use pikafs_proto::ctrlpb::{
     AcquireMountRequest, CopysetCommand, CopysetState, CreateVolumeRequest, Empty,
-    GrowVolumeRequest, HeartbeatRequest, RegisterServerRequest, ReleaseMountRequest,
-    RenewMountRequest, Role, VolumeName,
+    GrowVolumeRequest, HeartbeatRequest, KvCommand, KvHeartbeatRequest, KvPromoteRequest, KvRole,
+    RegisterServerRequest, ReleaseMountRequest, RenewMountRequest, Role, VolumeName,
 };
 use pikafs_proto::{CHUNK_SIZE, MIN_VOLUME_SIZE};
 use tokio::net::TcpListener;
@@ -54,6 +54,7 @@ async fn start_with_lease(
         copysets_per_server,
         check_interval: Duration::from_millis(50),
         mount_lease: MOUNT_LEASE,
+        ..Config::default()
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(pikafs_ctrl::run_with_listener(
@@ -691,5 +692,159 @@ async fn mount_leases_fence_and_gate_orphans() {
         .into_inner();
     assert!(!old.ok);
     assert_eq!(old.epoch, b.epoch);
+    ctrl.stop().await;
+}
+
+#[tokio::test]
+async fn kv_lapse_fences_the_writer_and_promotes_an_ro_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctrl = start(dir.path(), 3).await;
+    let mut c = ctrl.client().await;
+    three_servers(&mut c).await;
+    c.create_volume(CreateVolumeRequest {
+        name: "v".into(),
+        size_bytes: 4 * CHUNK_SIZE,
+    })
+    .await
+    .unwrap();
+    let a = c
+        .acquire_mount(AcquireMountRequest {
+            volume: "v".into(),
+            rw: true,
+            host: "a".into(),
+            notify_addr: "a:1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hb = |node: &str, role: KvRole, mount: u64| KvHeartbeatRequest {
+        volume: "v".into(),
+        node_id: node.into(),
+        addr: node.into(),
+        role: role as i32,
+        applied_seq: 5,
+        lag_ms: 0,
+        mount_id: mount,
+        leaving: false,
+    };
+    let topo = |c: &mut CtrlClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.kv_topology(VolumeName { name: "v".into() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    let mut bad = hb("x", KvRole::Ro, 0);
+    bad.volume = "nope".into();
+    assert!(!c.kv_heartbeat(bad).await.unwrap().into_inner().ok);
+    let ra = c
+        .kv_heartbeat(hb("a", KvRole::Rw, a.mount_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ra.ok);
+    assert_eq!(ra.command, KvCommand::None as i32);
+    assert_eq!(ra.lease_ms, 2000);
+    c.kv_heartbeat(hb("b", KvRole::Ro, 0)).await.unwrap();
+    let t0 = topo(&mut c).await;
+    assert_eq!(t0.nodes.len(), 2);
+    assert_eq!(t0.nodes[0].role, KvRole::Rw as i32);
+
+    // a stops heartbeating as a kv node while its fs mount keeps renewing;
+    // b keeps renewing until it is told to promote.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = c
+            .renew_mount(RenewMountRequest {
+                volume: "v".into(),
+                mount_id: a.mount_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rb = c
+            .kv_heartbeat(hb("b", KvRole::Ro, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        if rb.command == KvCommand::Promote as i32 {
+            break;
+        }
+        assert_eq!(rb.command, KvCommand::None as i32);
+        assert!(tokio::time::Instant::now() < deadline, "no promotion");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The fence came first: a's mount lease is gone and the epoch moved.
+    let old = c
+        .renew_mount(RenewMountRequest {
+            volume: "v".into(),
+            mount_id: a.mount_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!old.ok, "the dead writer's mount lease was dropped");
+    assert!(old.epoch > a.epoch);
+    // So b mounts RW at once, then reports in.
+    let bm = c
+        .acquire_mount(AcquireMountRequest {
+            volume: "v".into(),
+            rw: true,
+            host: "b".into(),
+            notify_addr: "b:1".into(),
+        })
+        .await
+        .expect("the new writer mounts without waiting")
+        .into_inner();
+    assert!(bm.epoch > old.epoch);
+    for role in [KvRole::Promoting, KvRole::Rw] {
+        let r = c
+            .kv_heartbeat(hb("b", role, bm.mount_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.command, KvCommand::None as i32, "{role:?}");
+    }
+    let t1 = topo(&mut c).await;
+    assert!(t1.generation > t0.generation);
+    assert_eq!(t1.nodes.len(), 1);
+    assert_eq!(t1.nodes[0].node_id, "b");
+    assert_eq!(t1.nodes[0].role, KvRole::Rw as i32);
+
+    // The old writer wakes up: fenced, told to step down, not listed.
+    let z = c
+        .kv_heartbeat(hb("a", KvRole::Rw, a.mount_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(z.command, KvCommand::StepDown as i32);
+    assert!(z.fenced);
+    assert_eq!(topo(&mut c).await.nodes.len(), 1);
+
+    // Planned switchover needs a live RO node.
+    let e = c
+        .kv_promote(KvPromoteRequest {
+            volume: "v".into(),
+            node_id: "zz".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .kv_promote(KvPromoteRequest {
+            volume: "v".into(),
+            node_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let m = ctrl.scrape().await;
+    assert!(m.contains("pikafs_ctrl_kv_fences_total 1"), "{m}");
+    assert!(m.contains("pikafs_ctrl_kv_promotions_total 1"), "{m}");
     ctrl.stop().await;
 }

@@ -37,6 +37,14 @@ pub struct CtrlArgs {
     /// Lease of a file-system mount (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub mount_lease: Option<Duration>,
+    /// Lease of a kv node; a writer silent this long is fenced and an RO
+    /// node promoted (default 2s; nodes heartbeat every lease/4).
+    #[arg(long, value_parser = parse_duration)]
+    pub kv_lease: Option<Duration>,
+    /// Time a promoted kv node gets to report RW before another is chosen
+    /// (default 15s).
+    #[arg(long, value_parser = parse_duration)]
+    pub kv_promote_timeout: Option<Duration>,
 }
 
 /// Flags of `pikafs chunkserver` (ctrl comes from the global `--ctrl`).
@@ -73,6 +81,8 @@ impl CtrlArgs {
             copysets_per_server: self.copysets_per_server.unwrap_or(d.copysets_per_server),
             check_interval: self.check_interval.unwrap_or(d.check_interval),
             mount_lease: self.mount_lease.unwrap_or(d.mount_lease),
+            kv_lease: self.kv_lease.unwrap_or(d.kv_lease),
+            kv_promote_timeout: self.kv_promote_timeout.unwrap_or(d.kv_promote_timeout),
         }
     }
 }
