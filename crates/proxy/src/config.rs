@@ -1,0 +1,45 @@
+//! Settings of one proxy process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default bound of a read-your-writes wait on an RO node (`--ryw-wait`).
+pub const DEFAULT_RYW_WAIT: Duration = Duration::from_millis(50);
+/// How long an RO node that failed is skipped before being tried again.
+pub const DEFAULT_DOWN_RETRY: Duration = Duration::from_secs(1);
+/// Bound of a backend connect.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests one client may have in flight before the proxy stops reading
+/// from it (backpressure instead of unbounded buffering).
+pub const MAX_INFLIGHT_PER_CLIENT: usize = 4096;
+
+/// Settings of one proxy process.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// RESP listen address.
+    pub listen: SocketAddr,
+    /// Read-your-writes on for every new connection.
+    pub read_your_writes: bool,
+    /// How long a read waits for an RO node to apply the client's last
+    /// write before it is sent to the RW node instead.
+    pub ryw_wait: Duration,
+    /// How long a failed RO node is skipped.
+    pub down_retry: Duration,
+    /// Bound of a backend connect.
+    pub connect_timeout: Duration,
+    /// Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6380)),
+            read_your_writes: false,
+            ryw_wait: DEFAULT_RYW_WAIT,
+            down_retry: DEFAULT_DOWN_RETRY,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            metrics: None,
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! RESP2 on both sides of the proxy: bounded request parsing (client side)
+//! and reply framing (backend side).
+//!
+//! Requests are parsed into their arguments *and* kept as the raw bytes the
+//! client sent, so the common case forwards them without re-encoding.
+//! Replies are never decoded unless the proxy has to look inside them
+//! (MGET/EXISTS merges, `PIKAFS SEQ`/`WAITSEQ`): [`reply_len`] only finds
+//! where one complete reply ends, so backend errors and values reach the
+//! client byte for byte.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Largest bulk string, as Redis's `proto-max-bulk-len` default.
+pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
+/// Largest multibulk element count (Redis allows 1024*1024).
+pub const MAX_MULTIBULK_LEN: usize = 1024 * 1024;
+/// Longest inline command line and longest `*N` / `$N` header line.
+pub const MAX_INLINE_LEN: usize = 64 * 1024;
+/// Deepest reply nesting we accept from a backend (RESP2 replies of the kv
+/// node nest at most a few levels: EXEC of SCAN...).
+const MAX_REPLY_DEPTH: usize = 32;
+
+/// A malformed client request; the text follows `-ERR Protocol error: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+fn perr(s: impl Into<String>) -> ProtocolError {
+    ProtocolError(s.into())
+}
+
+/// One client request: its arguments and the multibulk bytes to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub args: Vec<Bytes>,
+    /// The request as a RESP multibulk (inline requests are re-encoded so
+    /// backends always get the same form).
+    pub raw: Bytes,
+}
+
+/// Parses one request from the front of `buf`, consuming it. Returns
+/// `Ok(None)` when more bytes are needed (nothing is consumed then). An
+/// empty inline line yields a request with no arguments, which callers
+/// skip.
+///
+/// # Errors
+/// The bytes are not RESP or exceed a bound; the connection must be closed
+/// after replying with the error.
+pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] == b'*' {
+        parse_multibulk(buf)
+    } else {
+        parse_inline(buf).map(|o| {
+            o.map(|args| Request {
+                raw: encode_command(&args),
+                args,
+            })
+        })
+    }
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + from)
+}
+
+/// A header line `<c><digits>\r\n` starting at `at`; returns (value, index
+/// after CRLF).
+fn header(
+    buf: &[u8],
+    at: usize,
+    what: &str,
+    max: usize,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let Some(end) = find_crlf(buf, at) else {
+        if buf.len() - at > MAX_INLINE_LEN {
+            return Err(perr(format!("too big {what} count string")));
+        }
+        return Ok(None);
+    };
+    let digits = std::str::from_utf8(&buf[at + 1..end])
+        .map_err(|_| perr(format!("invalid {what} length")))?;
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| perr(format!("invalid {what} length")))?;
+    if n > max as i64 {
+        return Err(perr(format!("invalid {what} length")));
+    }
+    Ok(Some((n, end + 2)))
+}
+
+fn parse_multibulk(buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    let Some((count, mut pos)) = header(buf, 0, "multibulk", MAX_MULTIBULK_LEN)? else {
+        return Ok(None);
+    };
+    if count <= 0 {
+        buf.advance(pos);
+        return Ok(Some(Request {
+            args: Vec::new(),
+            raw: Bytes::new(),
+        }));
+    }
+    // Check the whole request is here before copying anything, so a
+    // partial request costs nothing until complete.
+    let mut spans = Vec::with_capacity((count as usize).min(1024));
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return Err(perr(format!("expected '$', got '{}'", buf[pos] as char)));
+        }
+        let Some((len, start)) = header(buf, pos, "bulk", MAX_BULK_LEN)? else {
+            return Ok(None);
+        };
+        if len < 0 {
+            return Err(perr("invalid bulk length"));
+        }
+        let end = start + len as usize;
+        if buf.len() < end + 2 {
+            buf.reserve(end + 2 - buf.len());
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(perr("bulk string not terminated by CRLF"));
+        }
+        spans.push((start, end));
+        pos = end + 2;
+    }
+    let raw = buf.split_to(pos).freeze();
+    let args = spans.into_iter().map(|(s, e)| raw.slice(s..e)).collect();
+    Ok(Some(Request { args, raw }))
+}
+
+fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_INLINE_LEN {
+            return Err(perr("too big inline request"));
+        }
+        return Ok(None);
+    };
+    if nl > MAX_INLINE_LEN {
+        return Err(perr("too big inline request"));
+    }
+    let line = buf.split_to(nl + 1);
+    let mut line = &line[..nl];
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    split_inline(line).map(Some)
+}
+
+/// Splits an inline command like Redis's `sdssplitargs`: whitespace
+/// separated, with "double" (backslash escapes, `\xHH`) and 'single' quotes.
+fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let unbalanced = || perr("unbalanced quotes in request");
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            break;
+        }
+        let mut cur = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let &c = line.get(i).ok_or_else(unbalanced)?;
+                    if c == b'"' {
+                        i += 1;
+                        break;
+                    }
+                    if c == b'\\' && i + 1 < line.len() {
+                        let n = line[i + 1];
+                        if n == b'x'
+                            && i + 3 < line.len()
+                            && line[i + 2].is_ascii_hexdigit()
+                            && line[i + 3].is_ascii_hexdigit()
+                        {
+                            let h = std::str::from_utf8(&line[i + 2..i + 4]).expect("hex digits");
+                            cur.push(u8::from_str_radix(h, 16).expect("hex digits"));
+                            i += 4;
+                            continue;
+                        }
+                        cur.push(match n {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 8,
+                            b'a' => 7,
+                            other => other,
+                        });
+                        i += 2;
+                        continue;
+                    }
+                    cur.push(c);
+                    i += 1;
+                }
+                if i < line.len() && !line[i].is_ascii_whitespace() {
+                    return Err(unbalanced());
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    let &c = line.get(i).ok_or_else(unbalanced)?;
+                    if c == b'\'' {
+                        i += 1;
+                        break;
+                    }
+                    if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                        cur.push(b'\'');
+                        i += 2;
+                        continue;
+                    }
+                    cur.push(c);
+                    i += 1;
+                }
+                if i < line.len() && !line[i].is_ascii_whitespace() {
+                    return Err(unbalanced());
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    cur.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(Bytes::from(cur));
+    }
+    Ok(args)
+}
+
+/// Encodes a command as a RESP multibulk.
+pub fn encode_command<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
+    let mut out =
+        BytesMut::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    encode_command_into(args, &mut out);
+    out.freeze()
+}
+
+/// Appends a command as a RESP multibulk to `out`.
+pub fn encode_command_into<B: AsRef<[u8]>>(args: &[B], out: &mut BytesMut) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        let a = a.as_ref();
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A reply the proxy produces itself: `-<text>\r\n`, kept on one line.
+pub fn error_reply(text: &str) -> Bytes {
+    let mut out = Vec::with_capacity(text.len() + 3);
+    out.push(b'-');
+    out.extend(
+        text.bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// `+<text>\r\n`.
+pub fn status_reply(text: &str) -> Bytes {
+    Bytes::from(format!("+{text}\r\n"))
+}
+
+/// `:<n>\r\n`.
+pub fn int_reply(n: i64) -> Bytes {
+    Bytes::from(format!(":{n}\r\n"))
+}
+
+/// `$<len>\r\n<bytes>\r\n`.
+pub fn bulk_reply(b: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(b.len() + 16);
+    out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// A backend sent something that is not a RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad reply from backend: {0}")]
+pub struct ReplyError(pub String);
+
+/// Length of the first complete reply in `buf`, `Ok(None)` if it is not
+/// complete yet.
+///
+/// # Errors
+/// The bytes are not a RESP2 reply (the backend connection must be
+/// dropped: its framing is lost).
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ReplyError> {
+    reply_end(buf, 0, 0)
+}
+
+fn reply_end(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ReplyError> {
+    if at >= buf.len() {
+        return Ok(None);
+    }
+    if depth > MAX_REPLY_DEPTH {
+        return Err(ReplyError("nested too deep".into()));
+    }
+    let Some(eol) = find_crlf(buf, at) else {
+        return Ok(None);
+    };
+    let line = &buf[at + 1..eol];
+    let next = eol + 2;
+    match buf[at] {
+        b'+' | b'-' | b':' => Ok(Some(next)),
+        b'$' => {
+            let n = parse_int(line)?;
+            if n < 0 {
+                return Ok(Some(next));
+            }
+            let end = next + n as usize + 2;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            Ok(Some(end))
+        }
+        b'*' => {
+            let n = parse_int(line)?;
+            let mut pos = next;
+            for _ in 0..n.max(0) {
+                match reply_end(buf, pos, depth + 1)? {
+                    Some(e) => pos = e,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(pos))
+        }
+        other => Err(ReplyError(format!("unexpected type byte {other:#04x}"))),
+    }
+}
+
+fn parse_int(line: &[u8]) -> Result<i64, ReplyError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|&n| n >= -1 && n <= MAX_BULK_LEN as i64)
+        .ok_or_else(|| ReplyError(format!("bad length {:?}", String::from_utf8_lossy(line))))
+}
+
+/// The integer of a `:n` reply.
+pub fn as_int(reply: &[u8]) -> Option<i64> {
+    let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
+/// Whether a reply is an error (`-...`).
+pub fn is_error(reply: &[u8]) -> bool {
+    reply.first() == Some(&b'-')
+}
+
+/// The elements of an array reply, each as its own complete reply; `None`
+/// if `reply` is not a (non-nil) array.
+pub fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let eol = find_crlf(reply, 0)?;
+    let n = parse_int(&reply[1..eol]).ok()?;
+    if n < 0 {
+        return None;
+    }
+    let mut pos = eol + 2;
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let end = reply_end(reply, pos, 1).ok()??;
+        out.push(reply.slice(pos..end));
+        pos = end;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Request>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = parse_request(&mut buf)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_keeps_raw_bytes() {
+        let input = b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n";
+        let r = parse_all(input).unwrap();
+        assert_eq!(r[0].args, vec![Bytes::from("GET"), Bytes::from("a\r\nb")]);
+        assert_eq!(&r[0].raw[..], &input[..]);
+    }
+
+    #[test]
+    fn inline_is_reencoded() {
+        let r = parse_all(b"set \"a b\" 'c'\r\n").unwrap();
+        assert_eq!(
+            &r[0].raw[..],
+            b"*3\r\n$3\r\nset\r\n$3\r\na b\r\n$1\r\nc\r\n"
+        );
+    }
+
+    #[test]
+    fn fragmented_input_yields_the_same_requests() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
+        let whole = parse_all(input).unwrap();
+        assert_eq!(whole.len(), 3);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in input.iter() {
+            buf.extend_from_slice(&[b]);
+            while let Some(r) = parse_request(&mut buf).unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, whole);
+    }
+
+    #[test]
+    fn oversize_lengths_are_rejected_before_reading_the_body() {
+        let e = parse_all(b"*2000000\r\n").unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid multibulk length");
+        let e = parse_all(b"*1\r\n$600000000\r\n").unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid bulk length");
+        let long = vec![b'a'; MAX_INLINE_LEN + 10];
+        let e = parse_all(&long).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: too big inline request");
+        assert!(parse_all(b"*1\r\n+PING\r\n").is_err());
+    }
+
+    #[test]
+    fn reply_framing_waits_for_complete_replies() {
+        let full = b"*3\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n-ERR x\r\n+OK\r\n";
+        let first = full.len() - 5;
+        assert_eq!(reply_len(full).unwrap(), Some(first));
+        for cut in 0..first {
+            assert_eq!(reply_len(&full[..cut]).unwrap(), None, "cut {cut}");
+        }
+        assert_eq!(reply_len(b"*-1\r\n").unwrap(), Some(5));
+        assert!(reply_len(b"?what\r\n").is_err());
+    }
+
+    #[test]
+    fn array_elements_split_replies() {
+        let r = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n:5\r\n");
+        let e = array_elements(&r).unwrap();
+        assert_eq!(
+            e,
+            vec![
+                Bytes::from("$1\r\na\r\n"),
+                Bytes::from("$-1\r\n"),
+                Bytes::from(":5\r\n")
+            ]
+        );
+        assert_eq!(as_int(&e[2]), Some(5));
+        assert!(array_elements(&Bytes::from_static(b"-ERR\r\n")).is_none());
+    }
+}
