@@ -143,6 +143,21 @@ impl Ctrl for FakeCtrl {
     async fn list_mounts(&self, _: GReq<VolumeName>) -> Result<GResp<ListMountsResponse>, Status> {
         unimpl()
     }
+    async fn kv_heartbeat(
+        &self,
+        _: GReq<KvHeartbeatRequest>,
+    ) -> Result<GResp<KvHeartbeatResponse>, Status> {
+        unimpl()
+    }
+    async fn kv_topology(&self, _: GReq<VolumeName>) -> Result<GResp<KvTopologyResponse>, Status> {
+        unimpl()
+    }
+    async fn kv_promote(
+        &self,
+        _: GReq<KvPromoteRequest>,
+    ) -> Result<GResp<KvTopologyResponse>, Status> {
+        unimpl()
+    }
 }
 
 async fn start_ctrl(ctrl: FakeCtrl) -> String {

@@ -126,8 +126,98 @@ pub fn decode_context(mut c: &[u8]) -> Option<(ServerId, u64)> {
     Some((c.get_u64_le(), c.get_u64_le()))
 }
 
-/// Answers a waiting proposer.
-pub type Responder = oneshot::Sender<Response>;
+/// Answers a waiting proposer: through a channel to a waiting task, or
+/// (client writes) straight into the client's connection.
+pub enum Responder {
+    Chan(oneshot::Sender<Response>),
+    Conn(ConnReply),
+}
+
+impl From<oneshot::Sender<Response>> for Responder {
+    fn from(tx: oneshot::Sender<Response>) -> Responder {
+        Responder::Chan(tx)
+    }
+}
+
+impl Responder {
+    /// Delivers the answer.
+    ///
+    /// # Errors
+    /// The answer, if nobody is listening any more.
+    pub fn send(self, r: Response) -> Result<(), Response> {
+        match self {
+            Responder::Chan(tx) => tx.send(r),
+            Responder::Conn(c) => c.send(r),
+        }
+    }
+
+    /// True when the answer can no longer be delivered.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Responder::Chan(tx) => tx.is_closed(),
+            Responder::Conn(c) => c.out.is_closed(),
+        }
+    }
+
+    /// True for a connection answer older than `timeout`: the raft loop
+    /// answers it `Timeout` itself, as the connection task would have.
+    pub fn expired(&self, timeout: std::time::Duration) -> bool {
+        match self {
+            Responder::Chan(_) => false,
+            Responder::Conn(c) => c.start.elapsed() > timeout,
+        }
+    }
+}
+
+/// An answer written by the raft loop straight into the client's
+/// connection (request id `id`), saving the wake-up of a task that would
+/// only forward it. Dropped unanswered, it answers `ShuttingDown`, as a
+/// dropped channel does.
+pub struct ConnReply {
+    pub id: u64,
+    pub out: Arc<crate::sockout::SocketOut>,
+    pub start: std::time::Instant,
+    pub requests_total: prometheus_client::metrics::counter::Counter,
+    pub request_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub answered: bool,
+}
+
+impl ConnReply {
+    fn send(mut self, r: Response) -> Result<(), Response> {
+        self.answered = true;
+        self.deliver(&r);
+        Ok(())
+    }
+
+    fn deliver(&self, r: &Response) {
+        self.requests_total.inc();
+        self.request_seconds
+            .observe(self.start.elapsed().as_secs_f64());
+        let mut b = bytes::BytesMut::new();
+        if tokio_util::codec::Encoder::encode(
+            &mut pikafs_proto::FrameCodec,
+            r.to_frame(self.id),
+            &mut b,
+        )
+        .is_ok()
+        {
+            // Dropped only if the client is gone or stopped reading.
+            let _ = self.out.send(b.freeze());
+        }
+    }
+}
+
+impl Drop for ConnReply {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.deliver(&Response::error(
+                ErrorCode::ShuttingDown,
+                0,
+                "server stopping",
+            ));
+        }
+    }
+}
 /// What a linearizable reader gets once applied ≥ its read index: the store
 /// to read, and the other voters (to repair a corrupt sector from).
 #[derive(Clone)]

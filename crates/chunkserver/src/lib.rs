@@ -14,8 +14,11 @@
 //!   loop through the bounded [`inbox`] (full → `Busy`); they and the
 //!   transport run on a data-path runtime of [`DATA_PATH_WORKERS`] worker(s)
 //!   owned by [`run`], not on the caller's runtime;
-//! - [`transport`]: one outgoing connection task per peer server, raft
+//! - [`transport`]: one outgoing connection per peer server, raft
 //!   messages batched per destination;
+//! - [`sockout`]: socket output the raft loop writes into directly while
+//!   the socket is idle (raft traffic, write answers), else queued to the
+//!   socket's writer task: no runtime wake-up just to forward a message;
 //! - [`chunk`]: chunk files with a CRC32C per 4 KiB sector;
 //! - [`checkpoint`]: periodic durable state that lets the WAL be truncated,
 //!   written by a checkpoint thread from state the loop captured;
@@ -55,6 +58,7 @@ pub mod raftstore;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
+pub mod sockout;
 pub mod transport;
 pub mod wal;
 

@@ -4,9 +4,10 @@
 //! One iteration: drain the inbox (bounded), tick if due, then for every
 //! group with a Ready: send its `messages()` at once (the leader may send
 //! before it persists), buffer its entries and hard state into the WAL;
-//! then ONE write + ONE fdatasync for all of them; then per group send
-//! `persisted_messages()`, `advance()`, handle the `LightReady`, apply
-//! committed entries and answer proposers and readers. Outgoing messages
+//! then ONE write + ONE fdatasync for all of them; then send every group's
+//! `persisted_messages()` (the acknowledgements leaders wait for), then per
+//! group apply committed entries, `advance()`, handle the `LightReady` and
+//! answer proposers and readers. Outgoing messages
 //! are batched per destination server.
 
 use std::collections::{BTreeMap, HashMap};
@@ -374,6 +375,20 @@ impl RaftStore {
             self.last_gc = Instant::now();
             for g in self.groups.values_mut() {
                 g.pending.retain(|_, tx| !tx.is_closed());
+                // Answers that go straight to a connection have no task
+                // enforcing the request timeout: do it here.
+                let expired: Vec<u64> = g
+                    .pending
+                    .iter()
+                    .filter(|(_, tx)| tx.expired(crate::server::REQUEST_TIMEOUT))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    if let Some(tx) = g.pending.remove(&id) {
+                        let _ =
+                            tx.send(Response::error(ErrorCode::Timeout, 0, "request timed out"));
+                    }
+                }
                 g.reads.retain(|(_, tx)| !tx.is_closed());
             }
         }
@@ -748,6 +763,15 @@ impl RaftStore {
         if !deferred {
             self.wal.sync()?;
         }
+        // Acknowledgements first, applies after: a follower's append
+        // response is what the leader's commit waits for, and applying the
+        // previous commit (chunk pwrites) must not delay it. The WAL is
+        // synced (or nothing in it needs syncing), so they may go now.
+        for (id, rd) in batch.iter_mut() {
+            let persisted = rd.take_persisted_messages();
+            self.queue_messages(*id, persisted);
+        }
+        self.flush_outbox();
         for (id, mut rd) in batch {
             let g = self
                 .groups
@@ -757,7 +781,6 @@ impl RaftStore {
             if g.apply(me, committed)? {
                 self.need_checkpoint = true;
             }
-            let persisted = rd.take_persisted_messages();
             let mut light = g.node.advance(rd);
             if let Some(c) = light.commit_index() {
                 g.node.mut_store().hard_state.commit = c;
@@ -768,7 +791,6 @@ impl RaftStore {
             }
             g.node.advance_apply();
             g.release_reads();
-            self.queue_messages(id, persisted);
             self.queue_messages(id, light_msgs);
         }
         self.flush_outbox();
@@ -1048,7 +1070,7 @@ mod tests {
         rs.handle(InboxMsg::Propose {
             copyset: 9,
             cmd,
-            resp: Some(tx),
+            resp: Some(tx.into()),
         });
         until(rs, |_| rx.try_recv().ok())
     }
@@ -1155,7 +1177,7 @@ mod tests {
                     offset: (i % 1024) as u32 * 8,
                     data: Bytes::copy_from_slice(&(i as u64).to_le_bytes()),
                 },
-                resp: Some(tx),
+                resp: Some(tx.into()),
             });
             waiting.push(rx);
         }

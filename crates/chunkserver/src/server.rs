@@ -7,30 +7,33 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use pikafs_proto::msg::MAX_CHUNK_LIST;
 use pikafs_proto::{ErrorCode, Frame, FrameCodec, Request, Response, CHUNK_SIZE, SECTOR_SIZE};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio::sync::oneshot;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::chunk::ChunkStore;
-use crate::copyset::{Command, ReadGrant};
+use crate::copyset::{Command, ConnReply, ReadGrant, Responder};
 use crate::error::ChunkError;
 use crate::inbox::{Inbox, InboxMsg};
 use crate::metrics::OpLabel;
 use crate::snapshot::PeerClient;
+use crate::sockout::SocketOut;
 use crate::Shared;
 
 /// A request not answered within this time gets `Timeout`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses queued per connection.
 pub const CONN_QUEUE: usize = 1024;
+/// Spare read-buffer room kept per connection.
+const READ_RESERVE: usize = 64 << 10;
 
 /// What request handlers need.
 #[derive(Clone)]
@@ -78,59 +81,107 @@ async fn connection(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let (mut sink, mut stream) = Framed::new(sock, FrameCodec).split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(CONN_QUEUE);
-    let writer = tracker.spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if sink.feed(f).await.is_err() {
-                return;
-            }
-            while let Ok(f) = rx.try_recv() {
-                if sink.feed(f).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    // One socket shared by the reader below, the writer task and the raft
+    // loop, which writes write answers straight into it (see `sockout`).
+    let sock = Arc::new(sock);
+    let (out, mut rx) = SocketOut::new(CONN_QUEUE);
+    out.attach(sock.clone(), &rx);
+    let done = CancellationToken::new();
+    let writer = {
+        let (out, sock, done) = (out.clone(), sock.clone(), done.clone());
+        tracker.spawn(async move {
+            let _ = out.write_queued(&sock, &mut rx, &done).await;
+            out.detach();
+        })
+    };
+    let mut buf = BytesMut::with_capacity(READ_RESERVE);
     loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break,
-            n = stream.next() => n,
-        };
-        let frame = match next {
-            None => {
-                tracing::debug!("client hung up");
-                break;
+        let frame = match FrameCodec.decode(&mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                let ready = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = sock.readable() => r,
+                };
+                if ready.is_err() {
+                    break;
+                }
+                // Room for a whole 4 KiB write frame and more: with no spare
+                // capacity `try_read_buf` would read 64 bytes at a time.
+                if buf.capacity() - buf.len() < READ_RESERVE / 2 {
+                    buf.reserve(READ_RESERVE);
+                }
+                match sock.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        tracing::debug!("client hung up");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection read failed");
+                        break;
+                    }
+                }
+                continue;
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::info!(error = %e, "bad frame; closing connection");
-                let _ = tx
-                    .send(Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0))
-                    .await;
+                send_frame(
+                    &out,
+                    Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0),
+                );
                 break;
             }
-            Some(Ok(f)) => f,
         };
         let id = frame.id;
         let req = match Request::from_frame(frame) {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(error = %e, "undecodable request; closing connection");
-                let _ = tx
-                    .send(Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0))
-                    .await;
+                send_frame(
+                    &out,
+                    Response::error(ErrorCode::BadRequest, 0, e.to_string()).to_frame(0),
+                );
                 break;
             }
         };
-        if let Request::RaftBatch { from, msgs } = req {
-            raft_batch(&ctx, from, msgs);
-            continue;
-        }
+        let req = match req {
+            Request::RaftBatch { from, msgs } => {
+                raft_batch(&ctx, from, msgs);
+                continue;
+            }
+            Request::Write {
+                copyset,
+                volume,
+                epoch,
+                chunk,
+                offset,
+                data,
+            } if range_ok(offset, data.len()) && !data.is_empty() => {
+                // The common case goes to the loop without a task: the loop
+                // answers into the socket itself.
+                propose_direct(
+                    &ctx,
+                    &out,
+                    id,
+                    copyset,
+                    Command::Write {
+                        volume,
+                        epoch,
+                        chunk,
+                        offset,
+                        data,
+                    },
+                );
+                continue;
+            }
+            other => other,
+        };
         let ctx = ctx.clone();
-        let tx = tx.clone();
+        let out = out.clone();
         tracker.spawn(async move {
             let op = op_name(&req);
             let start = Instant::now();
@@ -149,11 +200,46 @@ async fn connection(
                 .request_seconds
                 .get_or_create(&label)
                 .observe(start.elapsed().as_secs_f64());
-            let _ = tx.send(resp.to_frame(id)).await;
+            send_frame(&out, resp.to_frame(id));
         });
     }
-    drop(tx);
+    done.cancel();
     let _ = writer.await;
+}
+
+/// Encodes and sends one frame on a connection's output.
+fn send_frame(out: &SocketOut, f: Frame) {
+    let mut b = BytesMut::new();
+    match FrameCodec.encode(f, &mut b) {
+        // Dropped only when the client stopped reading (queue full) or left.
+        Ok(()) => {
+            let _ = out.send(b.freeze());
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode response"),
+    }
+}
+
+/// Proposes a client write whose answer the raft loop writes into `out`.
+fn propose_direct(ctx: &ServerCtx, out: &Arc<SocketOut>, id: u64, copyset: u64, cmd: Command) {
+    let label = OpLabel { op: "write" };
+    let m = &ctx.shared.metrics;
+    let reply = ConnReply {
+        id,
+        out: out.clone(),
+        start: Instant::now(),
+        requests_total: m.requests_total.get_or_create(&label).clone(),
+        request_seconds: m.request_seconds.get_or_create(&label).clone(),
+        answered: false,
+    };
+    if let Err(InboxMsg::Propose {
+        resp: Some(resp), ..
+    }) = ctx.inbox.try_send(InboxMsg::Propose {
+        copyset,
+        cmd,
+        resp: Some(Responder::Conn(reply)),
+    }) {
+        let _ = resp.send(busy());
+    }
 }
 
 fn op_name(req: &Request) -> &'static str {
@@ -206,7 +292,7 @@ async fn propose(ctx: &ServerCtx, copyset: u64, cmd: Command) -> Response {
         .try_send(InboxMsg::Propose {
             copyset,
             cmd,
-            resp: Some(tx),
+            resp: Some(tx.into()),
         })
         .is_err()
     {
@@ -467,6 +553,67 @@ mod tests {
         };
         tokio::spawn(serve(listener, ctx, cancel.clone(), TaskTracker::new()));
         (addr, inbox, rx, dir, cancel)
+    }
+
+    /// Takes the next proposal off the inbox (as the raft loop would),
+    /// waiting up to 10 s.
+    fn next_proposal(rx: &crate::inbox::InboxRx) -> Option<crate::copyset::Responder> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(InboxMsg::Propose { resp, .. }) = rx.recv_timeout(Duration::from_millis(50))
+            {
+                return resp;
+            }
+        }
+        None
+    }
+
+    /// Write answers come from the loop's thread straight into the socket;
+    /// an answer dropped unanswered still reaches the client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_answers_go_from_the_loop_into_the_socket() {
+        let (addr, _inbox, rx, _dir, cancel) = start().await;
+        let mut c = PeerClient::connect(&addr).await.unwrap();
+        let write = |offset| Request::Write {
+            copyset: 5,
+            volume: 2,
+            epoch: 1,
+            chunk: 0,
+            offset,
+            data: bytes::Bytes::from_static(b"abcd"),
+        };
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let loop_thread = {
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let rx = rx.lock().unwrap();
+                let first = next_proposal(&rx).expect("first write reaches the loop");
+                assert!(matches!(first, crate::copyset::Responder::Conn(_)));
+                first.send(Response::Ok).unwrap();
+                // Dropped unanswered, as when a group goes away.
+                drop(next_proposal(&rx).expect("second write reaches the loop"));
+            })
+        };
+        let bound = Duration::from_secs(10);
+        let r = tokio::time::timeout(bound, c.call(write(0))).await;
+        assert_eq!(r.expect("answered in time").unwrap(), Response::Ok);
+        let r = tokio::time::timeout(bound, c.call(write(8)))
+            .await
+            .expect("answered in time");
+        assert!(
+            matches!(
+                r,
+                Err(PeerError::Remote {
+                    code: ErrorCode::ShuttingDown,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        loop_thread.join().unwrap();
+        // The connection still works for other requests.
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Ok);
+        cancel.cancel();
     }
 
     #[tokio::test]

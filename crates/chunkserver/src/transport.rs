@@ -1,23 +1,30 @@
-//! Outgoing raft traffic: one connection task per peer server.
+//! Outgoing raft traffic: one connection per peer server.
 //!
-//! The raft loop hands each peer task whole `RaftBatch` frames through a
-//! bounded channel. When a channel is full the batch is dropped: raft
-//! retransmits, and blocking the loop would stall every copyset.
+//! The raft loop writes a batch straight into the peer's socket when the
+//! connection is idle (nothing queued, no write in progress): a
+//! non-blocking `try_write` from the loop thread, so a replicated write
+//! costs no wake-up of the data-path runtime on the send side. Whatever
+//! cannot be written at once (socket buffer full, partial write, not
+//! connected) goes to that peer's connection task through a bounded
+//! channel; the task writes it, and the loop writes directly again only
+//! once the task has emptied the channel, so bytes never interleave. When
+//! a channel is full the batch is dropped: raft retransmits, and blocking
+//! the loop would stall every copyset.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::SinkExt;
+use bytes::{Bytes, BytesMut};
 use pikafs_proto::msg::MAX_RAFT_BATCH;
 use pikafs_proto::{CopysetId, Frame, FrameCodec, Request, ServerId};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::{Inbox, InboxMsg};
+use crate::sockout::SocketOut;
 use crate::Shared;
 
 /// Frames queued per peer before batches are dropped.
@@ -29,7 +36,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Per-peer senders, owned by the raft loop.
 pub struct Transport {
     me: ServerId,
-    peers: HashMap<ServerId, mpsc::Sender<Frame>>,
+    peers: HashMap<ServerId, Arc<SocketOut>>,
     rt: tokio::runtime::Handle,
     shared: Arc<Shared>,
     inbox: Inbox,
@@ -81,23 +88,33 @@ impl Transport {
         }
     }
 
-    /// Queues messages for `to`. Returns false if (some of) them were
-    /// dropped because the peer's queue is full.
+    /// Sends messages to `to`, directly if its connection is idle, else
+    /// through its task. Returns false if (some of) them were dropped
+    /// because the peer's queue is full or a frame could not be encoded.
     pub fn send(&mut self, to: ServerId, msgs: Vec<(CopysetId, Bytes)>) -> bool {
-        let tx = self.peers.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let out = self.peers.entry(to).or_insert_with(|| {
+            let (out, rx) = SocketOut::new(PEER_QUEUE);
             let shared = self.shared.clone();
             let inbox = self.inbox.clone();
             let cancel = self.cancel.clone();
+            let o = out.clone();
             self.rt
-                .spawn(async move { peer_task(to, rx, shared, inbox, cancel).await });
-            tx
+                .spawn(async move { peer_task(to, rx, o, shared, inbox, cancel).await });
+            out
         });
+        let mut buf = BytesMut::new();
         let mut ok = true;
         for f in batch_frames(self.me, msgs) {
-            if tx.try_send(f).is_err() {
+            if let Err(e) = FrameCodec.encode(f, &mut buf) {
+                tracing::warn!(peer = to, error = %e, "cannot encode raft batch");
                 ok = false;
             }
+        }
+        if buf.is_empty() {
+            return ok;
+        }
+        if !out.send(buf.freeze()) {
+            ok = false;
         }
         ok
     }
@@ -105,7 +122,8 @@ impl Transport {
 
 async fn peer_task(
     to: ServerId,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Bytes>,
+    out: Arc<SocketOut>,
     shared: Arc<Shared>,
     inbox: Inbox,
     cancel: CancellationToken,
@@ -131,27 +149,17 @@ async fn peer_task(
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(peer = to, "raft connection up");
                 backoff = Duration::from_millis(50);
-                let mut w = FramedWrite::new(stream, FrameCodec);
-                loop {
-                    let f = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        f = rx.recv() => f,
-                    };
-                    let Some(f) = f else { return };
-                    if w.feed(f).await.is_err() {
-                        break;
-                    }
-                    let mut failed = false;
-                    while let Ok(f) = rx.try_recv() {
-                        if w.feed(f).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed || w.flush().await.is_err() {
-                        break;
-                    }
+                let stream = Arc::new(stream);
+                out.attach(stream.clone(), &rx);
+                let r = out.write_queued(&stream, &mut rx, &cancel).await;
+                out.detach();
+                if r.is_ok() {
+                    // Cancelled (or the transport is gone): stop.
+                    return;
                 }
+                // A frame may have been cut mid-way: what is queued must
+                // not go to the next connection. Raft retransmits.
+                while rx.try_recv().is_ok() {}
                 tracing::debug!(peer = to, "raft connection lost");
                 let _ = inbox.try_send(InboxMsg::Unreachable { to });
             }

@@ -191,6 +191,14 @@ async fn playground_runs_the_whole_stack_behind_one_redis_port() {
     );
 
     let mut c = redis_at(redis_port).await;
+    // Reads go to the RO node; read-your-writes makes this connection's GET
+    // wait for its SET there.
+    let _: () = redis::cmd("CLIENT")
+        .arg("READYOURWRITES")
+        .arg("ON")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let _: () = redis::cmd("SET")
         .arg("greeting")
         .arg("kept across runs")
@@ -211,7 +219,7 @@ async fn playground_runs_the_whole_stack_behind_one_redis_port() {
         .query_async::<()>(&mut ro)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("READONLY"), "{err}");
+    assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err:?}");
 
     let status = cli(base, &["status", "--json"], b"").await;
     let text = String::from_utf8_lossy(&status.stdout);
