@@ -289,6 +289,128 @@ impl Session {
         &self.shared.engine
     }
 
+    /// Whether `req` may join a pipelined group ([`Session::execute_group`])
+    /// and of which kind: `Some(true)` a data write command (RW only),
+    /// `Some(false)` a data read command, with a valid arity, outside
+    /// MULTI, on an authenticated session. `None` (session commands,
+    /// blocking commands, errors) runs alone through [`Session::execute`]
+    /// and ends the group; a read ends a write group and a write a read
+    /// group, so every command sees the writes queued before it.
+    pub fn group_kind(&self, req: &[Bytes]) -> Option<bool> {
+        if !self.authed || self.multi.is_some() {
+            return None;
+        }
+        let spec = lookup(req.first()?)?;
+        if !matches!(spec.handler, Handler::Data(_)) || spec.check_arity(req.len()).is_err() {
+            return None;
+        }
+        let write = spec.is_write();
+        if write && self.engine().role() != Role::Rw {
+            return None; // answered READONLY by execute()
+        }
+        Some(write)
+    }
+
+    /// Runs consecutive pipelined data commands of one kind (each has
+    /// [`Session::group_kind`] `== Some(write)`) in one transaction.
+    ///
+    /// Writes: one write-lock hold, one overlay and one WriteBatch for the
+    /// group instead of one per command. Each command keeps its own reply
+    /// and its atomicity: a command that fails is rolled back to its mark
+    /// and answers its error, the others stand (as if run one by one). If
+    /// the commit fails, every command of the group answers the error and
+    /// nothing of it was written. The caller acknowledges the replies only
+    /// once the returned sequence is durable, as for single commands.
+    ///
+    /// Reads: one snapshot (RW) or one shared catch-up lock hold (RO) for
+    /// the group instead of one per command: the commands see one point,
+    /// as if run back to back with nothing in between, which Redis allows
+    /// for a pipeline.
+    pub fn execute_group(
+        &mut self,
+        reqs: Vec<Vec<Bytes>>,
+        write: bool,
+    ) -> (Vec<Reply>, Option<u64>) {
+        let engine = self.shared.engine.clone();
+        let mut t = if write {
+            engine.write_txn(self.db)
+        } else {
+            engine.read_txn(self.db)
+        };
+        let mut replies = Vec::with_capacity(reqs.len());
+        let mut names = Vec::with_capacity(reqs.len());
+        for args in reqs {
+            let start = Instant::now();
+            let Some(spec) = lookup(&args[0]) else {
+                // group_kind() checked it; answer as execute() would.
+                replies.push(Reply::Error(command::unknown_command(&args).to_string()));
+                names.push("unknown");
+                continue;
+            };
+            let f = match spec.handler {
+                Handler::Data(f) if spec.is_write() == write => f,
+                _ => {
+                    replies.push(Reply::Error("ERR internal: command not groupable".into()));
+                    names.push(spec.name);
+                    continue;
+                }
+            };
+            let r = if write {
+                let mark = t.mark();
+                match f(&mut t, &args) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        t.rollback_to_mark(mark);
+                        Reply::Error(e.to_string())
+                    }
+                }
+            } else {
+                f(&mut t, &args).unwrap_or_else(|e| Reply::Error(e.to_string()))
+            };
+            self.shared
+                .metrics
+                .command_seconds
+                .observe(start.elapsed().as_secs_f64());
+            replies.push(r);
+            names.push(spec.name);
+        }
+        let seq = if write {
+            match t.commit() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    let msg = format!("ERR {e}");
+                    for r in replies.iter_mut() {
+                        *r = Reply::Error(msg.clone());
+                    }
+                    None
+                }
+            }
+        } else {
+            drop(t);
+            None
+        };
+        let m = &self.shared.metrics;
+        for (name, r) in names.iter().zip(&replies) {
+            let labels = CmdLabels {
+                cmd: name.to_string(),
+            };
+            m.commands.get_or_create(&labels).inc();
+            if r.is_error() {
+                m.command_errors.get_or_create(&labels).inc();
+            }
+        }
+        self.shared
+            .commands_processed
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        if let Some(name) = names.last() {
+            let mut st = self.info.state.lock();
+            st.last_cmd.clear();
+            st.last_cmd.push_str(name);
+            st.last_active = Some(Instant::now());
+        }
+        (replies, seq)
+    }
+
     /// Executes one request (`args[0]` is the command name).
     pub fn execute(&mut self, args: Vec<Bytes>) -> Outcome {
         let mut out = Outcome {

@@ -42,6 +42,18 @@ pub struct Savepoint {
     touched: usize,
 }
 
+/// A cheap rollback point ([`Txn::mark`]): positions in the undo log and
+/// in the range and touch lists.
+pub struct Mark {
+    undo: usize,
+    ranges: usize,
+    touched: usize,
+}
+
+/// An overlay entry's state before a write: `(space, key, previous)`,
+/// `previous = None` when the key was not in the overlay.
+type Undo = (Space, Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// One command's (or one EXEC's) view and pending writes.
 pub struct Txn<'e> {
     eng: &'e Engine,
@@ -55,6 +67,10 @@ pub struct Txn<'e> {
     /// Range deletions (FLUSHDB/FLUSHALL), applied before the overlay.
     ranges: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     touched: Vec<Touch>,
+    /// Set by the first [`Txn::mark`]: every later overlay write logs the
+    /// entry it replaced, so a failed command in a pipelined group can be
+    /// undone without copying the overlay.
+    undo: Option<Vec<Undo>>,
     now: u64,
 }
 
@@ -74,6 +90,7 @@ impl<'e> Txn<'e> {
             data: Overlay::new(),
             ranges: Vec::new(),
             touched: Vec::new(),
+            undo: None,
             now: now_ms(),
         }
     }
@@ -92,6 +109,7 @@ impl<'e> Txn<'e> {
             data: Overlay::new(),
             ranges: Vec::new(),
             touched: Vec::new(),
+            undo: None,
             now: now_ms(),
         }
     }
@@ -158,19 +176,28 @@ impl<'e> Txn<'e> {
 
     /// Raw put of an encoded key into the overlay.
     pub fn put_raw(&mut self, space: Space, k: Vec<u8>, v: Vec<u8>) {
-        self.assert_writable();
-        match space {
-            Space::Meta => self.meta.insert(k, Some(v)),
-            Space::Data => self.data.insert(k, Some(v)),
-        };
+        self.set_overlay(space, k, Some(v));
     }
 
     pub fn delete_raw(&mut self, space: Space, k: Vec<u8>) {
+        self.set_overlay(space, k, None);
+    }
+
+    fn set_overlay(&mut self, space: Space, k: Vec<u8>, v: Option<Vec<u8>>) {
         self.assert_writable();
-        match space {
-            Space::Meta => self.meta.insert(k, None),
-            Space::Data => self.data.insert(k, None),
+        let ov = match space {
+            Space::Meta => &mut self.meta,
+            Space::Data => &mut self.data,
         };
+        match self.undo.as_mut() {
+            Some(undo) => {
+                let prev = ov.insert(k.clone(), v);
+                undo.push((space, k, prev));
+            }
+            None => {
+                ov.insert(k, v);
+            }
+        }
     }
 
     fn assert_writable(&self) {
@@ -396,7 +423,17 @@ impl<'e> Txn<'e> {
                 Space::Meta => &mut self.meta,
                 Space::Data => &mut self.data,
             };
-            ov.retain(|k, _| !(k >= &from && to.as_ref().is_none_or(|t| k < t)));
+            let gone: Vec<Vec<u8>> = ov
+                .keys()
+                .filter(|k| *k >= &from && to.as_ref().is_none_or(|t| *k < t))
+                .cloned()
+                .collect();
+            for k in gone {
+                let prev = ov.remove(&k);
+                if let Some(undo) = self.undo.as_mut() {
+                    undo.push((space, k, prev));
+                }
+            }
             self.ranges.push((space, from.clone(), to.clone()));
         }
         self.touched.push(match db {
@@ -422,6 +459,44 @@ impl<'e> Txn<'e> {
         self.data = s.data;
         self.ranges.truncate(s.ranges);
         self.touched.truncate(s.touched);
+    }
+
+    /// A rollback point for [`Txn::rollback_to_mark`]. Unlike
+    /// [`Txn::savepoint`] it copies nothing: from the first mark on, each
+    /// overlay write logs what it replaced (the pipelined write groups use
+    /// this, one mark per command).
+    pub fn mark(&mut self) -> Mark {
+        let undo = self.undo.get_or_insert_with(Vec::new).len();
+        Mark {
+            undo,
+            ranges: self.ranges.len(),
+            touched: self.touched.len(),
+        }
+    }
+
+    /// Undoes every overlay write, range deletion and touch since `m`.
+    pub fn rollback_to_mark(&mut self, m: Mark) {
+        if let Some(undo) = self.undo.as_mut() {
+            while undo.len() > m.undo {
+                let Some((space, k, prev)) = undo.pop() else {
+                    break;
+                };
+                let ov = match space {
+                    Space::Meta => &mut self.meta,
+                    Space::Data => &mut self.data,
+                };
+                match prev {
+                    Some(p) => {
+                        ov.insert(k, p);
+                    }
+                    None => {
+                        ov.remove(&k);
+                    }
+                }
+            }
+        }
+        self.ranges.truncate(m.ranges);
+        self.touched.truncate(m.touched);
     }
 
     /// Whether the overlay holds anything to write.
@@ -501,6 +576,44 @@ pub(crate) mod tests {
             fsync: FsyncPolicy::Always,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn rollback_to_mark_undoes_exactly_the_writes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let eng = engine(dir.path());
+        let mut t = eng.write_txn(0);
+        t.put_meta(b"db-row", &Meta::string(b"committed".to_vec(), 0));
+        t.commit().unwrap();
+
+        let mut t = eng.write_txn(0);
+        let m0 = t.mark();
+        t.put_meta(b"a", &Meta::string(b"1".to_vec(), 0));
+        let m1 = t.mark();
+        // Overwrite, delete a DB row, add: all after m1.
+        t.put_meta(b"a", &Meta::string(b"2".to_vec(), 0));
+        t.delete_key(b"db-row");
+        t.put_meta(b"b", &Meta::string(b"x".to_vec(), 0));
+        t.flush(Some(1));
+        t.rollback_to_mark(m1);
+        let val = |t: &Txn<'_>, k: &[u8]| t.get_meta(k).unwrap().map(|m| m.payload);
+        assert_eq!(val(&t, b"a"), Some(b"1".to_vec()));
+        assert_eq!(val(&t, b"db-row"), Some(b"committed".to_vec()));
+        assert_eq!(val(&t, b"b"), None);
+        assert!(t.ranges.is_empty(), "the FLUSHDB range is undone");
+        assert_eq!(t.touched, vec![Touch::Key(0, b"a".to_vec())]);
+        // A mark taken after a rollback still works, then everything goes.
+        t.put_meta(b"c", &Meta::string(b"3".to_vec(), 0));
+        t.rollback_to_mark(m0);
+        assert!(!t.is_dirty());
+        assert!(t.touched.is_empty());
+        // What is left commits as usual.
+        t.put_meta(b"d", &Meta::string(b"4".to_vec(), 0));
+        assert!(t.commit().unwrap().is_some());
+        let r = eng.read_txn(0);
+        assert_eq!(val(&r, b"d"), Some(b"4".to_vec()));
+        assert_eq!(val(&r, b"a"), None);
+        assert_eq!(val(&r, b"db-row"), Some(b"committed".to_vec()));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct PikaEnv {
     prefix: String,
     /// The `rocksdb_env_t*` (for unregistering); owned by `env`.
     raw: usize,
+    stats: Arc<crate::stats::Stats>,
 }
 
 impl std::fmt::Debug for PikaEnv {
@@ -64,7 +65,9 @@ impl PikaEnv {
     /// or `..`; [`RocksFsError::EnvCreate`] when the shim fails.
     pub fn new(provider: Arc<dyn FsProvider>, prefix: &str) -> Result<PikaEnv, RocksFsError> {
         let prefix = normalize_prefix(prefix)?;
-        let cbs = shim::callbacks(Box::new(Context::new(provider)));
+        let cx = Context::new(provider);
+        let stats = cx.stats.clone();
+        let cbs = shim::callbacks(Box::new(cx));
         // SAFETY: the callbacks match cpp/shim.h; the shim copies the table
         // and takes ownership of the context (freeing it through drop_ctx
         // even on failure); the strings are valid for the call.
@@ -89,7 +92,14 @@ impl PikaEnv {
             env,
             prefix,
             raw: raw as usize,
+            stats,
         })
+    }
+
+    /// This Env's file-operation counters since it was created (every DB
+    /// using it together).
+    pub fn op_stats(&self) -> crate::OpStats {
+        self.stats.snapshot()
     }
 
     /// The Env, for `Options::set_env`.

@@ -27,16 +27,23 @@
 //!   mounts on other hosts see what a closed file holds (close-to-open);
 //! - not-found is reported as RocksDB's NotFound/PathNotFound (RocksDB
 //!   depends on it), no space as NoSpace, a fenced writer as IOFenced.
+//! - on an RO mount, reads of files of at most 4 KiB (CURRENT, which a
+//!   secondary rereads on every catch-up) may come from a cache, but only
+//!   while the file's inode, size, mtime and ctime are those it was read
+//!   at; every file operation is counted ([`op_stats`],
+//!   [`PikaEnv::op_stats`]).
 //!
 //! See `docs/rocksfs.md` for the operation mapping and the tuning choices.
 
 mod env;
 mod error;
 mod shim;
+mod stats;
 mod tuning;
 
 pub use env::{FsProvider, PikaEnv};
 pub use error::RocksFsError;
+pub use stats::{op_stats, OpStat, OpStats, OPS};
 pub use tuning::{tune_for_remote_disk, RemoteDiskTuning};
 
 #[cfg(test)]

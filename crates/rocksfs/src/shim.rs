@@ -118,7 +118,48 @@ pub(crate) struct Context {
     next_handle: AtomicU64,
     /// fs paths of LOCK files held by a DB in this process.
     locks: Mutex<HashSet<String>>,
+    /// This Env's operation counters (shared with its `PikaEnv`).
+    pub(crate) stats: Arc<crate::stats::Stats>,
+    /// RO only: whole contents of small files by path, with the identity
+    /// they were read at. A secondary rereads CURRENT on every catch-up
+    /// (to notice a new MANIFEST); on a volume each of those reads is a
+    /// round trip, for 16 bytes that change only when a new MANIFEST
+    /// appears (CURRENT is replaced by a rename: a new inode).
+    small: Mutex<HashMap<String, Cached>>,
+    /// Open handles whose reads the small-file cache serves.
+    cached: RwLock<HashMap<u64, Cached>>,
 }
+
+/// A small file's contents and the identity they were read at.
+type Cached = (FileId, Arc<Vec<u8>>);
+
+/// What must match for cached contents to still be the file's: inode,
+/// size, modification and change times (any write moves mtime; a new file
+/// under the same name has another inode or ctime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    ino: u64,
+    size: u64,
+    mtime_ns: u64,
+    ctime_ns: u64,
+}
+
+impl FileId {
+    fn of(st: &pikafs_fs::Stat) -> FileId {
+        FileId {
+            ino: st.ino,
+            size: st.size,
+            mtime_ns: st.mtime_ns,
+            ctime_ns: st.ctime_ns,
+        }
+    }
+}
+
+/// Files up to this size are cached whole on RO mounts (CURRENT,
+/// IDENTITY, OPTIONS are far smaller; SSTs, WALs and MANIFESTs grow past
+/// it, and a handle only serves reads from the cache while the file still
+/// matches, falling back to the fs otherwise).
+const SMALL_FILE_MAX: u64 = 4096;
 
 impl Context {
     pub(crate) fn new(provider: Arc<dyn FsProvider>) -> Context {
@@ -127,6 +168,9 @@ impl Context {
             files: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             locks: Mutex::new(HashSet::new()),
+            stats: Arc::new(crate::stats::Stats::new()),
+            small: Mutex::new(HashMap::new()),
+            cached: RwLock::new(HashMap::new()),
         }
     }
 
@@ -224,6 +268,7 @@ unsafe fn guard(
     // SAFETY: C++ passes back the pointer we gave it, which stays valid
     // until drop_ctx (called only when no file object is left).
     let cx = unsafe { &*ctx.cast::<Context>() };
+    let started = std::time::Instant::now();
     let res = catch_unwind(AssertUnwindSafe(|| f(cx))).unwrap_or_else(|_| {
         tracing::error!(op, "panic inside a pikafs RocksDB file operation");
         Err(CbError::new(
@@ -231,6 +276,7 @@ unsafe fn guard(
             format!("pikafs: {op}: internal panic"),
         ))
     });
+    cx.stats.record(op, started.elapsed());
     match res {
         Ok(()) => OK,
         Err(e) => {
@@ -283,9 +329,14 @@ unsafe extern "C" fn cb_open(
                     ))
                 }
             };
-            let file = cx.provider.fs().open(&p, flags)?;
-            let sz = file.stat()?.size;
+            let fs = cx.provider.fs();
+            let file = fs.open(&p, flags)?;
+            let st = file.stat()?;
+            let sz = st.size;
             let h = cx.next_handle.fetch_add(1, Ordering::Relaxed);
+            if how == OPEN_READ && fs.mode() == Mode::Ro && sz <= SMALL_FILE_MAX {
+                cache_small(cx, &p, &file, FileId::of(&st), h)?;
+            }
             cx.files.write().insert(h, Arc::new(file));
             *handle = h;
             *size = sz;
@@ -294,10 +345,43 @@ unsafe extern "C" fn cb_open(
     }
 }
 
+/// RO: attaches handle `h` to the cached contents of the small file `p`,
+/// reading them first if the cache has none for this identity.
+fn cache_small(cx: &Context, p: &str, file: &File, id: FileId, h: u64) -> Result<(), CbError> {
+    let known = cx
+        .small
+        .lock()
+        .get(p)
+        .filter(|(cid, _)| *cid == id)
+        .map(|(_, b)| b.clone());
+    let bytes = match known {
+        Some(b) => b,
+        None => {
+            let data = file.pread(0, id.size as usize)?;
+            if data.len() as u64 != id.size {
+                return Ok(()); // changed under us: no caching this time
+            }
+            cx.stats.add_bytes("pread", data.len() as u64);
+            let b = Arc::new(data);
+            let mut small = cx.small.lock();
+            // Bounded: RocksDB has a handful of small files per DB; drop
+            // everything rather than track recency if a DB has more.
+            if small.len() >= 64 {
+                small.clear();
+            }
+            small.insert(p.to_string(), (id, b.clone()));
+            b
+        }
+    };
+    cx.cached.write().insert(h, (id, bytes));
+    Ok(())
+}
+
 unsafe extern "C" fn cb_close(ctx: *mut c_void, handle: u64, err: *mut c_char) -> i32 {
     // SAFETY: valid context and error buffer from C++.
     unsafe {
         guard(ctx, err, "close", |cx| {
+            cx.cached.write().remove(&handle);
             cx.files.write().remove(&handle).map(drop).ok_or_else(|| {
                 CbError::new(
                     INVALID_ARGUMENT,
@@ -321,9 +405,27 @@ unsafe extern "C" fn cb_pread(
     unsafe {
         guard(ctx, err, "pread", |cx| {
             let f = cx.file(handle)?;
+            let hit = cx.cached.read().get(&handle).cloned();
+            if let Some((id, bytes)) = hit {
+                // Serve from the cache only while the file is what was
+                // cached (an appended file falls through to the fs).
+                // (A stat failure, e.g. an unlinked file, also goes to
+                // the fs, which knows how to read orphans.)
+                if f.stat().ok().map(|st| FileId::of(&st)) == Some(id) {
+                    let from = (offset.min(bytes.len() as u64)) as usize;
+                    let n = (bytes.len() - from).min(len);
+                    std::ptr::copy_nonoverlapping(bytes[from..].as_ptr(), buf.cast::<u8>(), n);
+                    *got = n;
+                    cx.stats.record("pread_cached", std::time::Duration::ZERO);
+                    cx.stats.add_bytes("pread_cached", n as u64);
+                    return Ok(());
+                }
+                cx.cached.write().remove(&handle);
+            }
             let data = f.pread(offset, len)?;
             // A short read (EOF) returns fewer bytes; never more than asked.
             let n = data.len().min(len);
+            cx.stats.add_bytes("pread", n as u64);
             std::ptr::copy_nonoverlapping(data.as_ptr(), buf.cast::<u8>(), n);
             *got = n;
             Ok(())
@@ -348,6 +450,7 @@ unsafe extern "C" fn cb_pwrite(
             }
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
             f.pwrite(offset, bytes)?;
+            cx.stats.add_bytes("pwrite", len as u64);
             Ok(())
         })
     }
@@ -421,7 +524,9 @@ unsafe extern "C" fn cb_readdir(
         guard(ctx, err, "readdir", |cx| {
             let dir = path_arg(path, len)?;
             let fs = cx.provider.fs();
-            for e in fs.readdir(&dir)? {
+            let entries = fs.readdir(&dir)?;
+            cx.stats.add_bytes("readdir", entries.len() as u64);
+            for e in entries {
                 let is_dir = e.kind == Kind::Dir;
                 let child = if dir == "/" {
                     format!("/{}", e.name)
@@ -860,6 +965,104 @@ mod tests {
                 (cb.mkdir)(cb.ctx, d.as_ptr().cast(), d.len(), 1, e),
                 IO_ERROR
             );
+            (cb.drop_ctx)(cb.ctx);
+        }
+    }
+
+    /// Reads `len` bytes at `off` of open handle `h` through the callbacks.
+    fn read_at(cb: &Callbacks, h: u64, off: u64, len: usize) -> Vec<u8> {
+        let mut err = [0u8; ERR_CAP];
+        let mut buf = vec![0u8; len];
+        let mut got = 0usize;
+        // SAFETY: the table's own context; `buf` has `len` bytes.
+        let rc = unsafe {
+            (cb.pread)(
+                cb.ctx,
+                h,
+                off,
+                buf.as_mut_ptr().cast(),
+                len,
+                &mut got,
+                err.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, OK, "{}", msg(&err));
+        buf.truncate(got);
+        buf
+    }
+
+    fn open_read(cb: &Callbacks, p: &str) -> u64 {
+        let mut err = [0u8; ERR_CAP];
+        let (mut h, mut size) = (0u64, 0u64);
+        // SAFETY: the table's own context; pointers valid for the call.
+        let rc = unsafe {
+            (cb.open)(
+                cb.ctx,
+                p.as_ptr().cast(),
+                p.len(),
+                OPEN_READ,
+                &mut h,
+                &mut size,
+                err.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, OK, "{}", msg(&err));
+        h
+    }
+
+    #[test]
+    fn ro_small_file_cache_follows_replacement_and_appends() {
+        let dev = Arc::new(CrashDevice::new(64 << 20));
+        let opts = MkfsOptions {
+            block_size: Some(64 << 10),
+            journal_size: Some(256 << 10),
+            checkpoint_size: Some(256 << 10),
+        };
+        mkfs(&*dev, &opts).expect("mkfs");
+        let rw = Fs::mount(dev.clone(), Mode::Rw).expect("mount");
+        let put = |name: &str, data: &[u8]| {
+            let f = rw.open(name, OpenFlags::create()).expect("create");
+            f.pwrite(0, data).expect("write");
+            f.fsync().expect("fsync");
+        };
+        put("/CURRENT", b"MANIFEST-000001\n");
+        let ro = Fs::mount(dev, Mode::Ro).expect("mount ro");
+        let cx = Box::new(Context::new(Arc::new(ro.clone())));
+        let stats = cx.stats.clone();
+        let cb = callbacks(cx);
+        let cached = || stats.snapshot().get("pread_cached").map_or(0, |s| s.calls);
+
+        for _ in 0..3 {
+            let h = open_read(&cb, "/CURRENT");
+            assert_eq!(read_at(&cb, h, 0, 100), b"MANIFEST-000001\n");
+            // SAFETY: own context, open handle.
+            unsafe { (cb.close)(cb.ctx, h, std::ptr::null_mut()) };
+        }
+        assert_eq!(cached(), 3, "every read after open is served by the cache");
+
+        // RocksDB's way to change CURRENT: a new file renamed over it.
+        put("/CURRENT.tmp", b"MANIFEST-000009\n");
+        rw.rename("/CURRENT.tmp", "/CURRENT").expect("rename");
+        rw.sync().expect("sync");
+        ro.catch_up().expect("ro catch up");
+        let h = open_read(&cb, "/CURRENT");
+        assert_eq!(read_at(&cb, h, 0, 100), b"MANIFEST-000009\n");
+
+        // An open handle of a file that grows reads the new bytes.
+        put("/log", b"abc");
+        ro.catch_up().expect("ro catch up");
+        let h2 = open_read(&cb, "/log");
+        assert_eq!(read_at(&cb, h2, 0, 100), b"abc");
+        let f = rw.open("/log", OpenFlags::create()).expect("open");
+        f.pwrite(3, b"def").expect("append");
+        f.fsync().expect("fsync");
+        ro.catch_up().expect("ro catch up");
+        assert_eq!(read_at(&cb, h2, 0, 100), b"abcdef");
+        assert_eq!(read_at(&cb, h2, 6, 100), b"");
+        // SAFETY: own context and handles; drop_ctx last.
+        unsafe {
+            (cb.close)(cb.ctx, h, std::ptr::null_mut());
+            (cb.close)(cb.ctx, h2, std::ptr::null_mut());
             (cb.drop_ctx)(cb.ctx);
         }
     }
