@@ -1,220 +1,23 @@
 //! RESP2 requests (multibulk and inline) and replies.
 //!
-//! The parser is incremental over a `BytesMut` read buffer and bounded in
-//! every length, so a hostile client costs at most one bulk of memory
-//! before it is cut off; a protocol error ends only that connection.
+//! The request parser, incremental over a `BytesMut` read buffer and
+//! bounded in every length, is `pikafs_proto::resp`, shared with the
+//! proxy; a protocol error ends only that connection.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-/// Largest bulk string, as Redis's `proto-max-bulk-len` default.
-pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
-/// Largest multibulk element count (Redis allows 1024*1024).
-pub const MAX_MULTIBULK_LEN: usize = 1024 * 1024;
-/// Longest inline command line and longest `*N` / `$N` header line.
-pub const MAX_INLINE_LEN: usize = 64 * 1024;
+pub use pikafs_proto::resp::{ProtocolError, MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN};
 
-/// A malformed request; the text follows `-ERR Protocol error: `.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Protocol error: {0}")]
-pub struct ProtocolError(pub String);
-
-fn perr(s: impl Into<String>) -> ProtocolError {
-    ProtocolError(s.into())
-}
-
-/// Parses one request from the front of `buf`, consuming it. Returns
-/// `Ok(None)` when more bytes are needed (nothing is consumed then). An
-/// empty inline line yields `Some(vec![])`, which callers skip.
+/// Parses one request from the front of `buf`, consuming it: its
+/// arguments. Returns `Ok(None)` when more bytes are needed (nothing is
+/// consumed then). An empty inline line yields `Some(vec![])`, which
+/// callers skip.
 ///
 /// # Errors
 /// The bytes are not RESP or exceed a bound; the connection must be closed
 /// after replying with the error.
 pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    if buf[0] == b'*' {
-        parse_multibulk(buf)
-    } else {
-        parse_inline(buf)
-    }
-}
-
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| p + from)
-}
-
-/// A header line `<c><digits>\r\n` starting at `at`; returns (value, index
-/// after CRLF).
-fn header(
-    buf: &[u8],
-    at: usize,
-    what: &str,
-    max: usize,
-) -> Result<Option<(i64, usize)>, ProtocolError> {
-    let Some(end) = find_crlf(buf, at) else {
-        if buf.len() - at > MAX_INLINE_LEN {
-            return Err(perr(format!("too big {what} count string")));
-        }
-        return Ok(None);
-    };
-    let digits = std::str::from_utf8(&buf[at + 1..end])
-        .map_err(|_| perr(format!("invalid {what} length")))?;
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| perr(format!("invalid {what} length")))?;
-    if n > max as i64 {
-        return Err(perr(format!("invalid {what} length")));
-    }
-    Ok(Some((n, end + 2)))
-}
-
-fn parse_multibulk(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some((count, mut pos)) = header(buf, 0, "multibulk", MAX_MULTIBULK_LEN)? else {
-        return Ok(None);
-    };
-    if count <= 0 {
-        buf.advance(pos);
-        return Ok(Some(Vec::new()));
-    }
-    // First pass: check the whole request is here without copying, so a
-    // partial request costs nothing until complete.
-    let mut spans = Vec::with_capacity((count as usize).min(1024));
-    for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return Err(perr(format!("expected '$', got '{}'", buf[pos] as char)));
-        }
-        let Some((len, start)) = header(buf, pos, "bulk", MAX_BULK_LEN)? else {
-            return Ok(None);
-        };
-        if len < 0 {
-            return Err(perr("invalid bulk length"));
-        }
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            // Reserve so a big bulk is read without repeated regrowth.
-            buf.reserve(end + 2 - buf.len());
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(perr("bulk string not terminated by CRLF"));
-        }
-        spans.push((start, end));
-        pos = end + 2;
-    }
-    let frozen = buf.split_to(pos).freeze();
-    Ok(Some(
-        spans.into_iter().map(|(s, e)| frozen.slice(s..e)).collect(),
-    ))
-}
-
-fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_INLINE_LEN {
-            return Err(perr("too big inline request"));
-        }
-        return Ok(None);
-    };
-    if nl > MAX_INLINE_LEN {
-        return Err(perr("too big inline request"));
-    }
-    let line = buf.split_to(nl + 1);
-    let mut line = &line[..nl];
-    if line.last() == Some(&b'\r') {
-        line = &line[..line.len() - 1];
-    }
-    split_inline(line).map(Some)
-}
-
-/// Splits an inline command like Redis's `sdssplitargs`: whitespace
-/// separated, with "double" (backslash escapes, `\xHH`) and 'single' quotes.
-fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
-    let mut args = Vec::new();
-    let mut i = 0;
-    let unbalanced = || perr("unbalanced quotes in request");
-    while i < line.len() {
-        while i < line.len() && line[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= line.len() {
-            break;
-        }
-        let mut cur = Vec::new();
-        match line[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    let &c = line.get(i).ok_or_else(unbalanced)?;
-                    if c == b'"' {
-                        i += 1;
-                        break;
-                    }
-                    if c == b'\\' && i + 1 < line.len() {
-                        let n = line[i + 1];
-                        if n == b'x'
-                            && i + 3 < line.len()
-                            && line[i + 2].is_ascii_hexdigit()
-                            && line[i + 3].is_ascii_hexdigit()
-                        {
-                            let h = std::str::from_utf8(&line[i + 2..i + 4]).expect("hex digits");
-                            cur.push(u8::from_str_radix(h, 16).expect("hex digits"));
-                            i += 4;
-                            continue;
-                        }
-                        cur.push(match n {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 8,
-                            b'a' => 7,
-                            other => other,
-                        });
-                        i += 2;
-                        continue;
-                    }
-                    cur.push(c);
-                    i += 1;
-                }
-                if i < line.len() && !line[i].is_ascii_whitespace() {
-                    return Err(unbalanced());
-                }
-            }
-            b'\'' => {
-                i += 1;
-                loop {
-                    let &c = line.get(i).ok_or_else(unbalanced)?;
-                    if c == b'\'' {
-                        i += 1;
-                        break;
-                    }
-                    if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
-                        cur.push(b'\'');
-                        i += 2;
-                        continue;
-                    }
-                    cur.push(c);
-                    i += 1;
-                }
-                if i < line.len() && !line[i].is_ascii_whitespace() {
-                    return Err(unbalanced());
-                }
-            }
-            _ => {
-                while i < line.len() && !line[i].is_ascii_whitespace() {
-                    cur.push(line[i]);
-                    i += 1;
-                }
-            }
-        }
-        args.push(Bytes::from(cur));
-    }
-    Ok(args)
+    Ok(pikafs_proto::resp::parse_request(buf)?.map(|r| r.args))
 }
 
 /// A RESP2 reply.

@@ -21,6 +21,7 @@ pub mod frame;
 pub mod ids;
 pub mod metrics_http;
 pub mod msg;
+pub mod resp;
 
 /// Generated types and client/server stubs for the ctrl gRPC service.
 #[allow(clippy::all, missing_docs)]
