@@ -11,10 +11,12 @@
 //! and restarts on the same data directory.
 
 mod cluster;
+mod kv;
 mod process;
 mod raw;
 
 pub use cluster::{Cluster, ClusterOptions};
+pub use kv::spawn_kv;
 pub use process::{free_port, pikafs_bin, Proc};
 pub use raw::RawConn;
 

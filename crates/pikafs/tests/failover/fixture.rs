@@ -37,29 +37,8 @@ pub struct Fixture {
 }
 
 fn spawn(ctrl: &str, role: &str, port: u16, local: &std::path::Path) -> Proc {
-    let args: Vec<String> = [
-        "--ctrl",
-        ctrl,
-        "kv",
-        "--role",
-        role,
-        "--volume",
-        VOL,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--local-dir",
-        &local.display().to_string(),
-        "--memory",
-        "64MiB",
-        "--mount-wait",
-        "60s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    std::fs::create_dir_all(local).expect("local dir");
-    let log = local.with_extension(format!("{port}.{role}.log"));
-    Proc::spawn(&format!("kv-{role}-{port}"), &args, &log).expect("spawn pikafs kv")
+    pikafs_testkit::spawn_kv(ctrl, VOL, role, port, local, &["--mount-wait", "60s"])
+        .expect("spawn pikafs kv")
 }
 
 impl Fixture {

@@ -15,27 +15,7 @@ use redis::aio::MultiplexedConnection;
 pub(crate) const VOL: &str = "kvvol";
 
 pub(crate) fn spawn(ctrl: &str, role: &str, port: u16, local: &Path) -> Proc {
-    let args: Vec<String> = [
-        "--ctrl",
-        ctrl,
-        "kv",
-        "--role",
-        role,
-        "--volume",
-        VOL,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--local-dir",
-        &local.display().to_string(),
-        "--memory",
-        "64MiB",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    std::fs::create_dir_all(local).expect("local dir");
-    let log = local.with_extension(format!("{port}.log"));
-    Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv")
+    pikafs_testkit::spawn_kv(ctrl, VOL, role, port, local, &[]).expect("spawn pikafs kv")
 }
 
 pub(crate) async fn connect(port: u16, proc: &Proc) -> MultiplexedConnection {

@@ -26,11 +26,13 @@ struct Node {
 }
 
 /// Cluster + kv nodes + proxy, all stopped on drop (by PID, via `Proc`).
+/// Fields drop in order: the proxy and kv nodes before the cluster under
+/// them, the directory last.
 struct Stack {
+    proxy: Proc,
+    nodes: Vec<Node>,
     cluster: Cluster,
     tmp: tempfile::TempDir,
-    nodes: Vec<Node>,
-    proxy: Proc,
     proxy_port: u16,
 }
 
@@ -39,25 +41,8 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 fn spawn_kv(ctrl: &str, role: &str, port: u16, dir: &Path) -> Proc {
-    let local = dir.join(format!("kv{port}"));
-    std::fs::create_dir_all(&local).expect("local dir");
-    let args = strings(&[
-        "--ctrl",
-        ctrl,
-        "kv",
-        "--role",
-        role,
-        "--volume",
-        VOL,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--local-dir",
-        &local.display().to_string(),
-        "--memory",
-        "64MiB",
-    ]);
-    let log = dir.join(format!("kv{port}.log"));
-    Proc::spawn(&format!("kv-{role}-{port}"), &args, &log).expect("spawn pikafs kv")
+    pikafs_testkit::spawn_kv(ctrl, VOL, role, port, &dir.join(format!("kv{port}")), &[])
+        .expect("spawn pikafs kv")
 }
 
 async fn connect(port: u16, what: &str) -> MultiplexedConnection {
