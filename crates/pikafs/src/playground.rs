@@ -378,23 +378,32 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("  pikafs status");
     println!("  pikafs volume info {}", args.volume);
     let v = &args.volume;
-    println!("  echo hello > /tmp/hello.txt && pikafs fs cp /tmp/hello.txt {v}:/hello.txt");
-    println!("  pikafs fs ls -l {v}:/");
-    println!("  pikafs fs cat {v}:/hello.txt");
-    println!("  pikafs fs df {v}");
-    println!("  pikafs fs fsck {v}");
-    println!(
-        "  mkdir -p /tmp/pikafs-mnt && pikafs mount {v} /tmp/pikafs-mnt   # add --ro for a reader"
-    );
     if args.no_kv {
+        println!("  echo hello > /tmp/hello.txt && pikafs fs cp /tmp/hello.txt {v}:/hello.txt");
+        println!("  pikafs fs ls -l {v}:/");
+        println!("  pikafs fs cat {v}:/hello.txt");
+        println!("  pikafs fs df {v}");
+        println!("  pikafs fs fsck {v}");
+        println!(
+            "  mkdir -p /tmp/pikafs-mnt && pikafs mount {v} /tmp/pikafs-mnt   # add --ro for a reader"
+        );
         println!("  pikafs fs bench {v} --dir /tmp");
         println!("(raw `pikafs volume write` / `bench volume` overwrite the file system)");
     } else {
+        // The RW kv node holds the volume's one read-write mount, so only
+        // read-only fs tools apply here.
+        println!("  pikafs fs ls -l {v}:/kv      # RocksDB's files on the volume");
+        println!("  pikafs fs df {v}");
+        println!("  mkdir -p /tmp/pikafs-mnt && pikafs mount {v} /tmp/pikafs-mnt --ro");
         println!(
             "Redis: 1 read-write and {} read-only kv nodes on {v}, behind the proxy:",
             args.ro
         );
         println!("  redis-cli -p {}", args.redis_port);
+        println!(
+            "  redis-benchmark -p {} -q -P 16 -t set,get",
+            args.redis_port
+        );
     }
     println!("press Ctrl-C to stop");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
