@@ -357,6 +357,7 @@ mod agent {
     use pikafs_kv::{Engine, KvServer, Role};
     use pikafs_proto::ctrlpb::ctrl_client::CtrlClient;
     use pikafs_proto::ctrlpb::{KvCommand, KvHeartbeatRequest, KvRole};
+    use pikafs_proto::metrics_http::{serve_shared, SharedRegistry};
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
     use tokio_util::sync::CancellationToken;
@@ -566,15 +567,18 @@ mod agent {
         ctrl: &str,
         role: Role,
         incarnation: u32,
+        metrics: Option<&SharedRegistry>,
     ) -> anyhow::Result<Serving> {
         let volume = args.volume.as_deref().context("--volume is required")?;
         let on_volume = open_volume(ctrl, volume, role, args, incarnation).await?;
-        // The metrics endpoint cannot be bound twice in one process: the
-        // first incarnation's registry stays the one served.
-        let metrics = if incarnation == 0 { args.metrics } else { None };
+        // The metrics port is bound once per process (`run`); each
+        // incarnation's registry is swapped in behind it.
         let secondary = on_volume.local.join("secondary");
-        let cfg = args.kv_config(role, on_volume.db_dir.clone(), Some(secondary), metrics)?;
+        let cfg = args.kv_config(role, on_volume.db_dir.clone(), Some(secondary), None)?;
         let server = bind_retry(cfg, &on_volume.env).await?;
+        if let Some(m) = metrics {
+            m.set(server.registry().clone());
+        }
         if role == Role::Ro {
             // The fs journal's notifications (pushed by the RW mount on each
             // commit, applied by this RO mount) wake the secondary's catch-up.
@@ -692,11 +696,21 @@ mod agent {
         let signal = shutdown_signal();
         tokio::pin!(signal);
         let mut hb_task: Option<JoinHandle<()>> = None;
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let shared = SharedRegistry::new(Arc::default());
+                serve_shared(addr, shared.clone())
+                    .await
+                    .with_context(|| format!("serve metrics on {addr}"))?;
+                Some(shared)
+            }
+            None => None,
+        };
         let mut incarnation = 0u32;
         loop {
             let t0 = Instant::now();
             let serving = tokio::select! {
-                r = open(&args, ctrl, role, incarnation) => r?,
+                r = open(&args, ctrl, role, incarnation, metrics.as_ref()) => r?,
                 r = &mut signal => {
                     r?;
                     info!("signal while opening: stopping");

@@ -4,7 +4,7 @@
 //! Prometheus needs, so a few lines of tokio stand in for an HTTP stack.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -18,6 +18,36 @@ use tokio::net::TcpListener;
 /// # Errors
 /// The address cannot be bound.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
+    serve_shared(addr, SharedRegistry::new(registry)).await
+}
+
+/// A registry that can be replaced while it is served: a service that
+/// restarts in place (a kv node promoted from reader to writer) keeps its
+/// one metrics port and serves its current incarnation's metrics.
+#[derive(Clone)]
+pub struct SharedRegistry(Arc<RwLock<Arc<Registry>>>);
+
+impl SharedRegistry {
+    pub fn new(registry: Arc<Registry>) -> SharedRegistry {
+        SharedRegistry(Arc::new(RwLock::new(registry)))
+    }
+
+    /// Serves `registry` from the next scrape on.
+    pub fn set(&self, registry: Arc<Registry>) {
+        // A poisoned lock only means a scrape panicked; the value is whole.
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = registry;
+    }
+
+    fn get(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// [`serve`] for a [`SharedRegistry`].
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve_shared(addr: SocketAddr, shared: SharedRegistry) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -25,7 +55,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let registry = registry.clone();
+            let registry = shared.get();
             tokio::spawn(async move {
                 // The request itself does not matter; read what is there so
                 // the client does not see a reset.

@@ -22,6 +22,7 @@ const VOL: &str = "stackvol";
 /// A kv node of the stack.
 struct Node {
     port: u16,
+    metrics_port: u16,
     proc: Proc,
 }
 
@@ -40,9 +41,34 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn spawn_kv(ctrl: &str, role: &str, port: u16, dir: &Path) -> Proc {
-    pikafs_testkit::spawn_kv(ctrl, VOL, role, port, &dir.join(format!("kv{port}")), &[])
+fn spawn_kv(ctrl: &str, role: &str, port: u16, metrics_port: u16, dir: &Path) -> Proc {
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let local = dir.join(format!("kv{port}"));
+    pikafs_testkit::spawn_kv(ctrl, VOL, role, port, &local, &["--metrics", &metrics])
         .expect("spawn pikafs kv")
+}
+
+/// The value of a counter on a Prometheus endpoint (0 when absent).
+async fn scrape_counter(port: u16, name: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("metrics connect in time")
+    .expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send scrape");
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .expect("scrape in time")
+        .expect("read scrape");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn connect(port: u16, what: &str) -> MultiplexedConnection {
@@ -75,14 +101,22 @@ impl Stack {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ctrl = cluster.ctrl_url();
         let mut nodes = Vec::new();
-        let port = free_port();
-        let proc = spawn_kv(&ctrl, "rw", port, tmp.path());
+        let (port, metrics_port) = (free_port(), free_port());
+        let proc = spawn_kv(&ctrl, "rw", port, metrics_port, tmp.path());
         connect(port, "the RW kv node serves").await;
-        nodes.push(Node { port, proc });
+        nodes.push(Node {
+            port,
+            metrics_port,
+            proc,
+        });
         for _ in 0..ro {
-            let port = free_port();
-            let proc = spawn_kv(&ctrl, "ro", port, tmp.path());
-            nodes.push(Node { port, proc });
+            let (port, metrics_port) = (free_port(), free_port());
+            let proc = spawn_kv(&ctrl, "ro", port, metrics_port, tmp.path());
+            nodes.push(Node {
+                port,
+                metrics_port,
+                proc,
+            });
         }
         for n in &nodes[1..] {
             connect(n.port, "an RO kv node serves").await;
@@ -338,10 +372,17 @@ async fn writes_through_the_proxy_survive_a_sigkill_of_the_writer() {
         );
     }
 
+    // The promoted node's metrics endpoint serves its writer incarnation
+    // (WAL syncs happen only on a writer).
+    let metrics_port = stack.node(new_rw).metrics_port;
+    let syncs = scrape_counter(metrics_port, "pikafs_kv_wal_syncs_total").await;
+    assert!(syncs > 0, "the promoted node's metrics show no WAL syncs");
+
     // The killed writer comes back as a reader and follows.
     let dir = stack.tmp.path().to_path_buf();
     let ctrl = stack.cluster.ctrl_url();
-    stack.node(old_rw).proc = spawn_kv(&ctrl, "ro", old_rw, &dir);
+    let metrics_port = stack.node(old_rw).metrics_port;
+    stack.node(old_rw).proc = spawn_kv(&ctrl, "ro", old_rw, metrics_port, &dir);
     let mut back = connect(old_rw, "the old writer is back as a reader").await;
     let _: () = redis::cmd("SET")
         .arg("after")
@@ -448,10 +489,14 @@ async fn ro_nodes_join_and_leave_under_read_load() {
     // Join: a third RO node; it must get a share of the reads.
     let dir = stack.tmp.path().to_path_buf();
     let ctrl = stack.cluster.ctrl_url();
-    let port = free_port();
-    let proc = spawn_kv(&ctrl, "ro", port, &dir);
+    let (port, metrics_port) = (free_port(), free_port());
+    let proc = spawn_kv(&ctrl, "ro", port, metrics_port, &dir);
     connect(port, "the new RO node serves").await;
-    stack.nodes.push(Node { port, proc });
+    stack.nodes.push(Node {
+        port,
+        metrics_port,
+        proc,
+    });
     stack.wait_topology(4).await;
     let mut joined = connect(port, "the new RO node").await;
     let served = |info: String| -> u64 {
