@@ -37,6 +37,10 @@ pub struct ProxyArgs {
     /// How long a failed RO node is skipped before it is tried again.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     down_retry: Duration,
+    /// How long a read waits for an RO node's reply before the node is
+    /// taken for hung: the read goes to the RW node instead.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    ro_timeout: Duration,
     /// How often the topology is polled from ctrl (with --volume).
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     topology_poll: Duration,
@@ -67,6 +71,7 @@ pub async fn run(args: ProxyArgs, ctrl: &str) -> anyhow::Result<()> {
         read_your_writes: args.read_your_writes,
         ryw_wait: args.ryw_wait,
         down_retry: args.down_retry,
+        ro_reply_timeout: args.ro_timeout,
         metrics: args.metrics,
         ..ProxyConfig::default()
     };

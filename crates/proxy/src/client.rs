@@ -956,7 +956,20 @@ impl Collector {
                     return Err(Lost);
                 }
             }
-            match c.read.read_buf(&mut c.buf).await {
+            let read = c.read.read_buf(&mut c.buf);
+            let got = if c.ro {
+                let limit = self.shared.cfg.ro_reply_timeout;
+                match tokio::time::timeout(limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(node = %c.addr, ?limit, "RO kv node did not answer; taking it for hung");
+                        break;
+                    }
+                }
+            } else {
+                read.await
+            };
+            match got {
                 Ok(0) => {
                     tracing::info!(node = %c.addr, "kv node closed the connection");
                     break;

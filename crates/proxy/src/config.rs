@@ -7,6 +7,12 @@ use std::time::Duration;
 pub const DEFAULT_RYW_WAIT: Duration = Duration::from_millis(50);
 /// How long an RO node that failed is skipped before being tried again.
 pub const DEFAULT_DOWN_RETRY: Duration = Duration::from_secs(1);
+/// How long a read may wait on an RO node's reply before the node is
+/// taken for hung (SIGSTOPped, partitioned): the read goes to the RW node
+/// and the RO node is skipped for `down_retry`. RO nodes only serve plain
+/// reads, so a healthy one answers in milliseconds; RW connections carry
+/// blocking commands and have no such bound.
+pub const DEFAULT_RO_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound of a backend connect.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests one client may have in flight before the proxy stops reading
@@ -25,6 +31,8 @@ pub struct ProxyConfig {
     pub ryw_wait: Duration,
     /// How long a failed RO node is skipped.
     pub down_retry: Duration,
+    /// Bound of a read's wait for an RO node's reply.
+    pub ro_reply_timeout: Duration,
     /// Bound of a backend connect.
     pub connect_timeout: Duration,
     /// Prometheus endpoint.
@@ -38,6 +46,7 @@ impl Default for ProxyConfig {
             read_your_writes: false,
             ryw_wait: DEFAULT_RYW_WAIT,
             down_retry: DEFAULT_DOWN_RETRY,
+            ro_reply_timeout: DEFAULT_RO_REPLY_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             metrics: None,
         }

@@ -165,6 +165,33 @@ async fn an_ro_killed_under_read_load_fails_no_reads_beyond_those_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_ro_node_does_not_hang_reads() {
+    let mut s = Setup::start(2, &[], &["--ro-timeout", "500ms"]).await;
+    load(&s).await;
+    let readers = 4;
+    let l = Load::start(s.proxy.port, readers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGSTOP: the node's sockets stay open but it never answers.
+    s.ros[1].proc.pause();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reads_mid = l.reads.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (reads, failures) = l.stop().await;
+    s.ros[1].proc.resume();
+    eprintln!("reads: {reads} total, {reads_mid} 1.5 s after the stop; failures {failures}");
+    // Reads stuck on the stopped node are answered by the RW node after
+    // the bound, and later reads avoid it: reads keep flowing, none fail.
+    assert!(
+        reads > reads_mid,
+        "reads stopped flowing behind a hung RO node"
+    );
+    assert_eq!(failures, 0, "reads failed behind a hung RO node");
+    let log = s.proxy.log();
+    assert!(log.contains("taking it for hung"), "proxy log:\n{log}");
+    s.ros[1].proc.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ro_nodes_join_and_leave_live_under_read_load() {
     let s = Setup::start(2, &[], &[]).await;
     load(&s).await;
