@@ -967,7 +967,18 @@ impl Collector {
                     }
                 }
             } else {
-                read.await
+                // A writer that hangs (SIGSTOP) keeps its socket open; once
+                // ctrl has failed it over, its in-flight requests fail here
+                // instead of holding this client's replies back forever.
+                let mut topo = self.shared.topology.subscribe();
+                let addr = c.addr.clone();
+                tokio::select! {
+                    r = read => r,
+                    _ = replaced_as_rw(&mut topo, &addr) => {
+                        tracing::warn!(node = %addr, "RW kv node replaced in the topology while a reply was due; dropping its connection");
+                        break;
+                    }
+                }
             };
             match got {
                 Ok(0) => {
@@ -1113,6 +1124,23 @@ fn merge(kind: &MergeKind, parts: &[Part], replies: Vec<Bytes>) -> Bytes {
                 }
             }
             out.freeze()
+        }
+    }
+}
+
+/// Resolves once the topology names a writer other than `addr` (never, if
+/// the topology source is gone).
+async fn replaced_as_rw(topo: &mut tokio::sync::watch::Receiver<Arc<Topology>>, addr: &str) {
+    loop {
+        let replaced = match &topo.borrow_and_update().rw {
+            Some(rw) => &*rw.addr != addr,
+            None => false,
+        };
+        if replaced {
+            return;
+        }
+        if topo.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -560,3 +560,99 @@ async fn ro_nodes_join_and_leave_under_read_load() {
         stack.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_writer_behind_the_proxy_is_replaced_and_fenced() {
+    let mut stack = Stack::start(1).await;
+    let mut c = connect(stack.proxy_port, "the proxy serves").await;
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |c: &mut MultiplexedConnection, k: String, v: String| {
+        let mut c = c.clone();
+        async move {
+            // Far longer than a failover: a request stuck on the stopped
+            // writer must come back as an error from the proxy, not time
+            // out here.
+            let r = tokio::time::timeout(
+                Duration::from_secs(60),
+                redis::cmd("SET").arg(&k).arg(&v).query_async::<()>(&mut c),
+            )
+            .await
+            .expect("the proxy answers every request while the writer is stopped");
+            (k, v, r)
+        }
+    };
+    for i in 0..200 {
+        let (k, v, r) = set(&mut c, format!("s{i}"), format!("before-{i}")).await;
+        r.expect("SET before the stop");
+        acked.insert(k, v);
+    }
+    let old_rw = stack.nodes[0].port;
+    stack.node(old_rw).proc.pause();
+    // Writes during the stop: the first fails (or waits) until ctrl has
+    // failed the writer over, then they land on the new writer.
+    let mut errors = 0;
+    let mut i = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.len() < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume; logs:\n{}",
+            stack.logs()
+        );
+        i += 1;
+        let (k, v, r) = set(&mut c, format!("d{i}"), format!("during-{i}")).await;
+        match r {
+            Ok(()) => {
+                acked.insert(k, v);
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("SET during the stop: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let new_rw = stack.writer_port(Some(old_rw)).await;
+    eprintln!("{errors} SETs failed while the writer was stopped; {new_rw} took over");
+    // The zombie wakes up: it must not write (it is fenced) and it leaves.
+    stack.node(old_rw).proc.resume();
+    let mut z = redis::Client::open(format!("redis://127.0.0.1:{old_rw}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    if let Ok(z) = z.as_mut() {
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            redis::cmd("SET")
+                .arg("s0")
+                .arg("zombie")
+                .query_async::<()>(z),
+        )
+        .await;
+        assert!(
+            !matches!(r, Ok(Ok(()))),
+            "the stopped-then-resumed writer took a write"
+        );
+    }
+    let exited = stack.node(old_rw).proc.wait_exit(Duration::from_secs(30));
+    assert!(
+        exited.is_some(),
+        "the old writer did not step down; logs:\n{}",
+        stack.logs()
+    );
+    // Every acknowledged write is on the new writer, unchanged.
+    let mut w = connect(new_rw, "the new writer serves").await;
+    let keys: Vec<&String> = acked.keys().collect();
+    let vals: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(&mut w)
+        .await
+        .expect("MGET on the new writer");
+    for (k, v) in keys.iter().zip(vals) {
+        assert_eq!(
+            v.as_ref(),
+            acked.get(*k),
+            "acknowledged {k} lost or changed"
+        );
+    }
+}
