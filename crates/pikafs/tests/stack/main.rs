@@ -566,7 +566,7 @@ async fn a_stopped_writer_behind_the_proxy_is_replaced_and_fenced() {
     let mut stack = Stack::start(1).await;
     let mut c = connect(stack.proxy_port, "the proxy serves").await;
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
-    let mut set = |c: &mut MultiplexedConnection, k: String, v: String| {
+    let set = |c: &mut MultiplexedConnection, k: String, v: String| {
         let mut c = c.clone();
         async move {
             // Far longer than a failover: a request stuck on the stopped
