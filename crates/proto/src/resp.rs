@@ -256,3 +256,109 @@ pub fn encode_command_into<B: AsRef<[u8]>>(args: &[B], out: &mut BytesMut) {
         out.extend_from_slice(b"\r\n");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = parse_request(&mut buf)? {
+            out.push(r.args);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_parses_binary_args() {
+        let r = parse_all(b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n").unwrap();
+        assert_eq!(r, vec![vec![Bytes::from("GET"), Bytes::from("a\r\nb")]]);
+    }
+
+    #[test]
+    fn fragmented_input_yields_the_same_requests() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
+        let whole = parse_all(input).unwrap();
+        assert_eq!(whole.len(), 3);
+        // Feed one byte at a time: every split point must work.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in input.iter() {
+            buf.extend_from_slice(&[b]);
+            while let Some(r) = parse_request(&mut buf).unwrap() {
+                got.push(r.args);
+            }
+        }
+        assert_eq!(got, whole);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn incomplete_request_consumes_nothing() {
+        let input = &b"*2\r\n$3\r\nGET\r\n$10\r\nabc"[..];
+        let mut buf = BytesMut::from(input);
+        assert_eq!(parse_request(&mut buf).unwrap(), None);
+        assert_eq!(&buf[..], input);
+    }
+
+    #[test]
+    fn oversize_lengths_are_rejected_before_reading_the_body() {
+        let e = parse_all(b"*2000000\r\n").unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid multibulk length");
+        let e = parse_all(b"*1\r\n$600000000\r\n").unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid bulk length");
+        let long = vec![b'a'; MAX_INLINE_LEN + 10];
+        let e = parse_all(&long).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: too big inline request");
+        let mut hdr = b"*".to_vec();
+        hdr.extend(std::iter::repeat_n(b'1', MAX_INLINE_LEN + 10));
+        assert!(parse_all(&hdr).is_err());
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        assert_eq!(
+            parse_all(b"*1\r\n+PING\r\n").unwrap_err().to_string(),
+            "Protocol error: expected '$', got '+'"
+        );
+        assert!(parse_all(b"*x\r\n").is_err());
+        assert!(parse_all(b"*1\r\n$-5\r\n").is_err());
+        assert!(parse_all(b"*1\r\n$2\r\nabcd\r\n").is_err());
+        assert!(parse_all(b"SET \"abc\n").is_err());
+    }
+
+    #[test]
+    fn inline_commands_split_like_redis() {
+        let r = parse_all(b"set \"a b\\x41\" 'c d'  e\r\n\r\nping\n").unwrap();
+        assert_eq!(
+            r,
+            vec![
+                vec![
+                    Bytes::from("set"),
+                    Bytes::from("a bA"),
+                    Bytes::from("c d"),
+                    Bytes::from("e")
+                ],
+                vec![],
+                vec![Bytes::from("ping")],
+            ]
+        );
+    }
+
+    #[test]
+    fn multibulk_keeps_raw_bytes() {
+        let input = b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n";
+        let mut buf = BytesMut::from(&input[..]);
+        let r = parse_request(&mut buf).unwrap().unwrap();
+        assert_eq!(r.args, vec![Bytes::from("GET"), Bytes::from("a\r\nb")]);
+        assert_eq!(&r.raw[..], &input[..]);
+    }
+
+    #[test]
+    fn inline_is_reencoded() {
+        let mut buf = BytesMut::from(&b"set \"a b\" 'c'\r\n"[..]);
+        let r = parse_request(&mut buf).unwrap().unwrap();
+        assert_eq!(&r.raw[..], b"*3\r\n$3\r\nset\r\n$3\r\na b\r\n$1\r\nc\r\n");
+    }
+}

@@ -149,60 +149,6 @@ pub fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
 mod tests {
     use super::*;
 
-    fn parse_all(input: &[u8]) -> Result<Vec<Request>, ProtocolError> {
-        let mut buf = BytesMut::from(input);
-        let mut out = Vec::new();
-        while let Some(r) = parse_request(&mut buf)? {
-            out.push(r);
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn multibulk_keeps_raw_bytes() {
-        let input = b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n";
-        let r = parse_all(input).unwrap();
-        assert_eq!(r[0].args, vec![Bytes::from("GET"), Bytes::from("a\r\nb")]);
-        assert_eq!(&r[0].raw[..], &input[..]);
-    }
-
-    #[test]
-    fn inline_is_reencoded() {
-        let r = parse_all(b"set \"a b\" 'c'\r\n").unwrap();
-        assert_eq!(
-            &r[0].raw[..],
-            b"*3\r\n$3\r\nset\r\n$3\r\na b\r\n$1\r\nc\r\n"
-        );
-    }
-
-    #[test]
-    fn fragmented_input_yields_the_same_requests() {
-        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
-        let whole = parse_all(input).unwrap();
-        assert_eq!(whole.len(), 3);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for &b in input.iter() {
-            buf.extend_from_slice(&[b]);
-            while let Some(r) = parse_request(&mut buf).unwrap() {
-                got.push(r);
-            }
-        }
-        assert_eq!(got, whole);
-    }
-
-    #[test]
-    fn oversize_lengths_are_rejected_before_reading_the_body() {
-        let e = parse_all(b"*2000000\r\n").unwrap_err();
-        assert_eq!(e.to_string(), "Protocol error: invalid multibulk length");
-        let e = parse_all(b"*1\r\n$600000000\r\n").unwrap_err();
-        assert_eq!(e.to_string(), "Protocol error: invalid bulk length");
-        let long = vec![b'a'; MAX_INLINE_LEN + 10];
-        let e = parse_all(&long).unwrap_err();
-        assert_eq!(e.to_string(), "Protocol error: too big inline request");
-        assert!(parse_all(b"*1\r\n+PING\r\n").is_err());
-    }
-
     #[test]
     fn reply_framing_waits_for_complete_replies() {
         let full = b"*3\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n-ERR x\r\n+OK\r\n";
