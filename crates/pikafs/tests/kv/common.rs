@@ -123,6 +123,12 @@ fn spawn(dir: &Path, role: &str, port: u16, extra: &[String]) -> Proc {
     args.extend(extra.iter().cloned());
     let parent = dir.parent().expect("dir has a parent");
     std::fs::create_dir_all(parent).expect("create parent");
+    // Keep a secondary's private dir inside the test's temp dir: the default
+    // (a fresh dir under /tmp, removed on a clean exit) outlives a SIGKILL.
+    if role == "ro" && !extra.iter().any(|a| a == "--secondary-dir") {
+        args.push("--secondary-dir".into());
+        args.push(parent.join(format!("secondary-{port}")).display().to_string());
+    }
     let log = parent.join(format!("kv-{role}-{port}.log"));
     Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv")
 }

@@ -31,6 +31,12 @@ impl KvNode {
             "64MiB".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // A secondary's private dir inside the test's temp dir: the default
+        // (under /tmp, removed on a clean exit) outlives a SIGKILL.
+        if role == "ro" {
+            args.push("--secondary-dir".into());
+            args.push(dir.join(format!("secondary-{port}")).display().to_string());
+        }
         let log = dir.join(format!("kv-{role}-{port}.log"));
         let proc = Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv");
         wait_listening(port, &log).await;
