@@ -127,7 +127,12 @@ fn spawn(dir: &Path, role: &str, port: u16, extra: &[String]) -> Proc {
     // (a fresh dir under /tmp, removed on a clean exit) outlives a SIGKILL.
     if role == "ro" && !extra.iter().any(|a| a == "--secondary-dir") {
         args.push("--secondary-dir".into());
-        args.push(parent.join(format!("secondary-{port}")).display().to_string());
+        args.push(
+            parent
+                .join(format!("secondary-{port}"))
+                .display()
+                .to_string(),
+        );
     }
     let log = parent.join(format!("kv-{role}-{port}.log"));
     Proc::spawn(&format!("kv-{role}"), &args, &log).expect("spawn pikafs kv")
