@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::command::{classify, Class};
 use crate::hash;
@@ -132,6 +132,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, id: u64) {
         out: BytesMut::with_capacity(16 * 1024),
         conns: HashMap::new(),
         side: None,
+        topo: shared.topology.subscribe(),
     };
     let col = tokio::spawn(collector.run(rx));
     let mut d = Dispatcher {
@@ -766,6 +767,8 @@ struct Collector {
     out: BytesMut,
     conns: HashMap<u32, RConn>,
     side: Option<SideConn>,
+    /// Watched while a reply from the RW node is due (see `reply`).
+    topo: watch::Receiver<Arc<Topology>>,
 }
 
 /// Why a backend reply is missing.
@@ -970,11 +973,10 @@ impl Collector {
                 // A writer that hangs (SIGSTOP) keeps its socket open; once
                 // ctrl has failed it over, its in-flight requests fail here
                 // instead of holding this client's replies back forever.
-                let mut topo = self.shared.topology.subscribe();
                 let addr = c.addr.clone();
                 tokio::select! {
                     r = read => r,
-                    _ = replaced_as_rw(&mut topo, &addr) => {
+                    _ = replaced_as_rw(&mut self.topo, &addr) => {
                         tracing::warn!(node = %addr, "RW kv node replaced in the topology while a reply was due; dropping its connection");
                         break;
                     }
@@ -1130,7 +1132,7 @@ fn merge(kind: &MergeKind, parts: &[Part], replies: Vec<Bytes>) -> Bytes {
 
 /// Resolves once the topology names a writer other than `addr` (never, if
 /// the topology source is gone).
-async fn replaced_as_rw(topo: &mut tokio::sync::watch::Receiver<Arc<Topology>>, addr: &str) {
+async fn replaced_as_rw(topo: &mut watch::Receiver<Arc<Topology>>, addr: &str) {
     loop {
         let replaced = match &topo.borrow_and_update().rw {
             Some(rw) => &*rw.addr != addr,
