@@ -7,6 +7,7 @@
 #
 # Usage: bench/proxy.sh            (N=200000 C=50 P=16 by default)
 #        N=50000 bench/proxy.sh    (quicker)
+#        BIN=/tmp/pikafs.old bench/proxy.sh   (another binary, no build)
 set -euo pipefail
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pikafs-target}
@@ -16,8 +17,10 @@ P=${P:-16}
 BASE=${BASE:-$((20000 + RANDOM % 20000))}
 cd "$(dirname "$0")/.."
 
-timeout 3600 cargo build --release -p pikafs >&2
-BIN=$CARGO_TARGET_DIR/release/pikafs
+if [ -z "${BIN:-}" ]; then
+    timeout 3600 cargo build --release -p pikafs >&2
+    BIN=$CARGO_TARGET_DIR/release/pikafs
+fi
 DIR=$(mktemp -d /tmp/pikafs-proxy-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -43,8 +46,11 @@ wait_port() {
 start_kv() { # role port
     "$BIN" kv --role "$1" --listen "127.0.0.1:$2" --dir "$DIR/db" --memory 256MiB \
         >"$DIR/kv-$1-$2.log" 2>&1 &
-    PIDS+=($!)
+    local pid=$!
+    PIDS+=($pid)
     wait_port "$2"
+    # A port taken by someone else's server also answers PING.
+    kill -0 "$pid" 2>/dev/null || { echo "kv on port $2 did not start:" >&2; cat "$DIR/kv-$1-$2.log" >&2; exit 1; }
 }
 
 PROXY_PID=
@@ -56,6 +62,7 @@ start_proxy() { # ro ports...
     PROXY_PID=$!
     PIDS+=($PROXY_PID)
     wait_port "$PROXY"
+    kill -0 "$PROXY_PID" 2>/dev/null || { echo "proxy on port $PROXY did not start" >&2; exit 1; }
 }
 stop_proxy() {
     kill "$PROXY_PID" 2>/dev/null || true
@@ -70,6 +77,10 @@ stop_proxy() {
 rps() { # port test
     timeout 600 redis-benchmark -p "$1" -P "$P" -c "$C" -n "$N" -r 100000 -d 128 -q -t "$2" \
         | tr '\r' '\n' | awk -F'[: ]+' '/requests per second/ {print $2}' | tail -1
+}
+# CPU time (ms) a process used so far: utime + stime from /proc (ticks).
+cpu_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '{ print int(($14 + $15) * 1000 / hz) }' "/proc/$1/stat"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
 
@@ -104,7 +115,10 @@ for n in 1 2 3; do
         2) start_proxy "$RO1" "$RO2" ;;
         3) start_proxy "$RO1" "$RO2" "$RO3" ;;
     esac
+    c0=$(cpu_ms "$PROXY_PID")
     g=$(rps "$PROXY" get)
-    printf "GET through proxy, %d RO     %10s req/s  (%s of direct RO)\n" "$n" "$g" "$(ratio "$g" "$ro_get1")"
+    c1=$(cpu_ms "$PROXY_PID")
+    printf "GET through proxy, %d RO     %10s req/s  (%s of direct RO; proxy CPU %d ms per %d GETs)\n" \
+        "$n" "$g" "$(ratio "$g" "$ro_get1")" "$((c1 - c0))" "$N"
     stop_proxy
 done

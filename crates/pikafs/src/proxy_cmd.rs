@@ -44,6 +44,10 @@ pub struct ProxyArgs {
     /// How often the topology is polled from ctrl (with --volume).
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     topology_poll: Duration,
+    /// Connections per (RO node, db) shared by all clients for plain reads
+    /// (clients without AUTH or read-your-writes); 0 = one set per client.
+    #[arg(long, default_value_t = pikafs_proxy::config::DEFAULT_SHARED_RO_CONNS)]
+    shared_ro_conns: usize,
     /// Prometheus metrics address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -73,6 +77,7 @@ pub async fn run(args: ProxyArgs, ctrl: &str) -> anyhow::Result<()> {
         down_retry: args.down_retry,
         ro_reply_timeout: args.ro_timeout,
         metrics: args.metrics,
+        shared_ro_conns: args.shared_ro_conns,
         ..ProxyConfig::default()
     };
     let proxy = Proxy::bind(cfg, source).await.context("start proxy")?;

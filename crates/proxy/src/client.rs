@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Every client gets its own backend connections (one per kv node it uses,
-//! opened lazily), so per-connection state (SELECT, AUTH, MULTI, WATCH)
+//! opened lazily; plain RO reads of clients without AUTH or read-your-writes
+//! use the shared connections of `pool.rs` instead, see `Slot::Shared`), so
+//! per-connection state (SELECT, AUTH, MULTI, WATCH)
 //! behaves as on a direct connection and each backend connection's replies
 //! come back in the order its requests went out. The collector knows, per
 //! slot, which backend connection holds the next reply, so it needs no
@@ -27,14 +29,18 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore, TryAcquireError};
 
 use crate::command::{classify, Class};
 use crate::hash;
+use crate::pool::{BatchReply, Mux};
 use crate::resp::{self, Request};
 use crate::server::Shared;
 use crate::topology::{Node, Topology};
 
+/// Slots handed to the collector in one piece at most (a client batch is
+/// usually far smaller: one hand-over per batch, not per request).
+const SLOT_BATCH: usize = 256;
 /// Bound of a read the collector re-sends to the RW node itself.
 const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Highest SELECT index the kv node accepts (16 databases).
@@ -115,6 +121,13 @@ enum Slot {
     },
     /// A multi-key read split over nodes.
     Merge { kind: MergeKind, parts: Vec<Part> },
+    /// Forward the next reply of the current batch on shared connection
+    /// `mux`; `first` starts a new batch (its replies arrive on `rx`).
+    Shared {
+        mux: u64,
+        first: Option<(BatchReply, Arc<Mux>)>,
+        retry: Retry,
+    },
     /// Write what is pending and close the client connection.
     Close,
 }
@@ -123,7 +136,10 @@ enum Slot {
 pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, id: u64) {
     let _ = sock.set_nodelay(true);
     let (read, write) = sock.into_split();
-    let (tx, rx) = mpsc::channel(crate::config::MAX_INFLIGHT_PER_CLIENT);
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Requests handed to the collector and not answered yet: the bound of
+    // a client's pipeline (backpressure instead of unbounded buffering).
+    let inflight = Arc::new(Semaphore::new(crate::config::MAX_INFLIGHT_PER_CLIENT));
     let cs = Arc::new(ClientShared::default());
     let collector = Collector {
         shared: shared.clone(),
@@ -131,15 +147,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, id: u64) {
         client: write,
         out: BytesMut::with_capacity(16 * 1024),
         conns: HashMap::new(),
+        batches: HashMap::new(),
         side: None,
         topo: shared.topology.subscribe(),
     };
-    let col = tokio::spawn(collector.run(rx));
+    let col = tokio::spawn(collector.run(rx, inflight.clone()));
     let mut d = Dispatcher {
         ryw: shared.cfg.read_your_writes,
         shared,
         cs,
         tx,
+        slots: Vec::with_capacity(32),
+        inflight,
         conns: Vec::new(),
         next_conn: 0,
         db: 0,
@@ -147,10 +166,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, id: u64) {
         watching: false,
         topo: Arc::new(Topology::default()),
         healthy: Vec::new(),
+        client_id: id,
+        authed: false,
+        batches: Vec::new(),
     };
     d.run(read, id).await;
     drop(d);
     let _ = col.await;
+}
+
+/// This client's requests for one shared connection, not yet submitted.
+struct SharedBatch {
+    mux: Arc<Mux>,
+    buf: BytesMut,
+    n: usize,
+    /// Set from the first request of a batch until it is submitted.
+    tx: Option<oneshot::Sender<Bytes>>,
 }
 
 /// One backend connection as the dispatcher sees it.
@@ -165,7 +196,10 @@ struct BConn {
 struct Dispatcher {
     shared: Arc<Shared>,
     cs: Arc<ClientShared>,
-    tx: mpsc::Sender<Slot>,
+    tx: mpsc::UnboundedSender<Vec<Slot>>,
+    /// Slots of this batch not handed to the collector yet.
+    slots: Vec<Slot>,
+    inflight: Arc<Semaphore>,
     conns: Vec<BConn>,
     next_conn: u32,
     db: u32,
@@ -175,6 +209,12 @@ struct Dispatcher {
     topo: Arc<Topology>,
     /// The topology's RO nodes not marked down, refreshed per batch.
     healthy: Vec<Node>,
+    client_id: u64,
+    /// The client sent AUTH: its reads need its own (authenticated)
+    /// connections.
+    authed: bool,
+    /// Reads for shared connections gathered in this batch.
+    batches: Vec<SharedBatch>,
 }
 
 /// The collector went away (client write failed): stop.
@@ -207,7 +247,7 @@ impl Dispatcher {
                         match self.dispatch(req).await {
                             Ok(true) => {}
                             Ok(false) | Err(Gone) => {
-                                self.flush();
+                                let _ = self.send_slots().await;
                                 return;
                             }
                         }
@@ -220,12 +260,14 @@ impl Dispatcher {
                             .push(Slot::Local(resp::error_reply(&format!("ERR {e}"))))
                             .await;
                         let _ = self.push(Slot::Close).await;
-                        self.flush();
+                        let _ = self.send_slots().await;
                         return;
                     }
                 }
             }
-            self.flush();
+            if self.send_slots().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -243,6 +285,13 @@ impl Dispatcher {
 
     /// Hands every backend its buffered requests.
     fn flush(&mut self) {
+        for b in &mut self.batches {
+            if let Some(tx) = b.tx.take() {
+                b.mux.submit(&b.buf, b.n, tx);
+                b.buf.clear();
+                b.n = 0;
+            }
+        }
         for c in &mut self.conns {
             if !c.buf.is_empty() {
                 let b = c.buf.split().freeze();
@@ -254,16 +303,36 @@ impl Dispatcher {
     }
 
     async fn push(&mut self, slot: Slot) -> Result<(), Gone> {
-        match self.tx.try_send(slot) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(slot)) => {
-                // The collector may be waiting for a request still in our
-                // buffers: hand them over before waiting for room.
-                self.flush();
-                self.tx.send(slot).await.map_err(|_| Gone)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        self.slots.push(slot);
+        if self.slots.len() >= SLOT_BATCH {
+            self.send_slots().await?;
         }
+        Ok(())
+    }
+
+    /// Hands the backends their requests, then the collector the slots of
+    /// those requests, in one piece.
+    async fn send_slots(&mut self) -> Result<(), Gone> {
+        // Requests first: the collector may wait on any of them.
+        self.flush();
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        let n = self.slots.len() as u32;
+        // Everything the collector waits for is with the backends now, so
+        // waiting for room here cannot deadlock with it.
+        match self.inflight.try_acquire_many(n) {
+            Ok(p) => p.forget(),
+            Err(TryAcquireError::NoPermits) => self
+                .inflight
+                .acquire_many(n)
+                .await
+                .map_err(|_| Gone)?
+                .forget(),
+            Err(TryAcquireError::Closed) => return Err(Gone),
+        }
+        let batch = std::mem::replace(&mut self.slots, Vec::with_capacity(32));
+        self.tx.send(batch).map_err(|_| Gone)
     }
 
     async fn local(&mut self, reply: Bytes) -> Result<bool, Gone> {
@@ -416,7 +485,9 @@ impl Dispatcher {
         if !self.ryw || self.cs.ryw.outstanding.load(Ordering::Acquire) == 0 {
             return;
         }
-        self.flush();
+        if self.send_slots().await.is_err() {
+            return;
+        }
         let cs = self.cs.clone();
         loop {
             let n = cs.ryw.resolved.notified();
@@ -425,6 +496,10 @@ impl Dispatcher {
             }
             n.await;
         }
+    }
+
+    fn pick_index(&self, key: &[u8]) -> Option<usize> {
+        hash::pick(self.healthy.iter().map(|n| n.hash), key)
     }
 
     fn pick(&self, key: &[u8]) -> Option<Node> {
@@ -460,9 +535,13 @@ impl Dispatcher {
         if self.in_multi || self.watching {
             return self.send_rw(&raw, false).await;
         }
-        let Some(node) = self.pick(key) else {
+        let Some(idx) = self.pick_index(key) else {
             return self.send_rw(&raw, false).await;
         };
+        if !self.ryw && !self.authed && self.shared.cfg.shared_ro_conns > 0 {
+            return self.read_shared(raw, idx, global).await;
+        }
+        let node = self.healthy[idx].clone();
         let Ok(wait) = self.ryw_need(&node) else {
             return self.send_rw(&raw, false).await;
         };
@@ -509,6 +588,76 @@ impl Dispatcher {
                 .await?;
             }
         }
+        Ok(true)
+    }
+
+    /// A plain read over a connection shared with other clients (see
+    /// `pool.rs`): replies do not depend on this client's connection state
+    /// beyond the db.
+    /// `idx`: the node in `healthy`. Without read-your-writes there is no
+    /// WAITSEQ to send first.
+    async fn read_shared(&mut self, raw: Bytes, idx: usize, global: bool) -> Result<bool, Gone> {
+        let db = self.db;
+        let addr = &self.healthy[idx].addr;
+        let found = self
+            .batches
+            .iter()
+            .position(|b| b.mux.db == db && *b.mux.addr == **addr);
+        let i = match found {
+            Some(i) if !self.batches[i].mux.is_dead() => i,
+            _ => {
+                if let Some(i) = found {
+                    // Requests already queued for the dead connection are
+                    // lost (the collector re-sends them to the RW node).
+                    let mut b = self.batches.swap_remove(i);
+                    if let Some(tx) = b.tx.take() {
+                        b.mux.submit(&b.buf, b.n, tx);
+                    }
+                }
+                let lane = (self.client_id % self.shared.cfg.shared_ro_conns as u64) as usize;
+                let shared = self.shared.clone();
+                let addr = self.healthy[idx].addr.clone();
+                match shared.pool.get(&shared, &addr, db, lane).await {
+                    Ok(mux) => {
+                        shared.health.mark_up(&addr);
+                        self.batches.push(SharedBatch {
+                            mux,
+                            buf: BytesMut::with_capacity(4 * 1024),
+                            n: 0,
+                            tx: None,
+                        });
+                        self.batches.len() - 1
+                    }
+                    Err(why) => {
+                        self.backend_failed(&addr, true, &why);
+                        self.refresh_healthy();
+                        return self.send_rw(&raw, false).await;
+                    }
+                }
+            }
+        };
+        if global {
+            self.shared.metrics.global.inc();
+        } else {
+            self.shared.metrics.ro.inc();
+        }
+        let b = &mut self.batches[i];
+        let first = if b.tx.is_none() {
+            let (tx, rx) = oneshot::channel();
+            b.tx = Some(tx);
+            Some((rx, b.mux.clone()))
+        } else {
+            None
+        };
+        b.buf.extend_from_slice(&raw);
+        b.n += 1;
+        let mux = b.mux.id;
+        self.push(Slot::Shared {
+            mux,
+            first,
+            retry: Retry { raw, db },
+        })
+        .await?;
         Ok(true)
     }
 
@@ -627,6 +776,7 @@ impl Dispatcher {
                 self.send_all(&req.raw).await
             }
             Class::Auth => {
+                self.authed = true;
                 *self.cs.auth.lock() = Some(req.raw.clone());
                 self.send_all(&req.raw).await
             }
@@ -635,6 +785,7 @@ impl Dispatcher {
                 self.in_multi = false;
                 self.watching = false;
                 self.ryw = self.shared.cfg.read_your_writes;
+                self.authed = false;
                 *self.cs.auth.lock() = None;
                 self.send_all(&req.raw).await
             }
@@ -766,6 +917,9 @@ struct Collector {
     client: OwnedWriteHalf,
     out: BytesMut,
     conns: HashMap<u32, RConn>,
+    /// The replies of the current batch on each shared connection (by
+    /// mux id) not forwarded yet; `None`: the batch was lost.
+    batches: HashMap<u64, Option<Bytes>>,
     side: Option<SideConn>,
     /// Watched while a reply from the RW node is due (see `reply`).
     topo: watch::Receiver<Arc<Topology>>,
@@ -775,17 +929,26 @@ struct Collector {
 struct Lost;
 
 impl Collector {
-    async fn run(mut self, mut rx: mpsc::Receiver<Slot>) {
-        while let Some(slot) = rx.recv().await {
-            if !self.handle(slot).await {
-                break;
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Slot>>, inflight: Arc<Semaphore>) {
+        'batches: while let Some(batch) = rx.recv().await {
+            let n = batch.len();
+            for slot in batch {
+                if !self.handle(slot).await {
+                    break 'batches;
+                }
+                if self.out.len() >= 64 * 1024 && self.flush().await.is_err() {
+                    break 'batches;
+                }
             }
+            inflight.add_permits(n);
             // Write out once the dispatcher has nothing more for us right
             // now: one write per pipeline instead of one per reply.
-            if (rx.is_empty() || self.out.len() >= 64 * 1024) && self.flush().await.is_err() {
+            if rx.is_empty() && self.flush().await.is_err() {
                 break;
             }
         }
+        // A dispatcher waiting for room must not wait forever.
+        inflight.close();
         let _ = self.flush().await;
         let _ = self.client.shutdown().await;
     }
@@ -881,8 +1044,67 @@ impl Collector {
                 let merged = merge(&kind, &parts, replies);
                 self.out.extend_from_slice(&merged);
             }
+            Slot::Shared { mux, first, retry } => {
+                if let Some((rx, m)) = first {
+                    let got = self.shared_batch(rx, &m).await;
+                    self.batches.insert(mux, got);
+                }
+                let (next, done) = match self.batches.get_mut(&mux) {
+                    Some(Some(b)) => match resp::reply_len(b) {
+                        Ok(Some(n)) => {
+                            let r = b.split_to(n);
+                            (Some(r), b.is_empty())
+                        }
+                        _ => (None, false),
+                    },
+                    _ => (None, false),
+                };
+                // An emptied batch still pins the shared reader's buffer:
+                // let it go now, not at this client's next batch.
+                if done {
+                    self.batches.remove(&mux);
+                }
+                match next {
+                    Some(r) => self.out.extend_from_slice(&r),
+                    None => {
+                        self.shared.metrics.retry_rw.inc();
+                        let b = self.side_call(&retry).await;
+                        self.out.extend_from_slice(&b);
+                    }
+                }
+            }
         }
         true
+    }
+
+    /// The replies of one batch on a shared connection; `None` if the
+    /// connection failed or did not answer within the RO timeout (then it
+    /// is dropped for every client and the node marked down).
+    async fn shared_batch(&mut self, mut rx: BatchReply, mux: &Mux) -> Option<Bytes> {
+        // No client write of the replies gathered so far before waiting
+        // (unlike `reply`): plain reads on an RO node answer within
+        // milliseconds or hit the RO timeout, and one client write per
+        // pipeline is what keeps the proxy cheap.
+        match rx.try_recv() {
+            Ok(b) => return Some(b),
+            // Lost: the connection failed before this batch's replies.
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let limit = self.shared.cfg.ro_reply_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::warn!(node = %mux.addr, ?limit, "RO kv node did not answer; taking it for hung");
+                self.shared.metrics.backend_error(&mux.addr);
+                self.shared
+                    .health
+                    .mark_down(&mux.addr, self.shared.cfg.down_retry);
+                mux.kill("no reply within the RO timeout");
+                None
+            }
+        }
     }
 
     /// The reply for a request whose backend connection failed: re-sent to

@@ -18,6 +18,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests one client may have in flight before the proxy stops reading
 /// from it (backpressure instead of unbounded buffering).
 pub const MAX_INFLIGHT_PER_CLIENT: usize = 4096;
+/// Shared connections per (RO node, db) that carry the plain reads of all
+/// clients (see `pool.rs`); clients are spread over them by client id.
+pub const DEFAULT_SHARED_RO_CONNS: usize = 2;
 
 /// Settings of one proxy process.
 #[derive(Debug, Clone)]
@@ -37,6 +40,10 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Shared connections per (RO node, db) for plain reads of clients
+    /// without AUTH or read-your-writes; 0 = every client uses its own RO
+    /// connections only.
+    pub shared_ro_conns: usize,
 }
 
 impl Default for ProxyConfig {
@@ -49,6 +56,7 @@ impl Default for ProxyConfig {
             ro_reply_timeout: DEFAULT_RO_REPLY_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             metrics: None,
+            shared_ro_conns: DEFAULT_SHARED_RO_CONNS,
         }
     }
 }

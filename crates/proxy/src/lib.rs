@@ -14,7 +14,9 @@
 //! - Each client has its own backend connections, so SELECT/AUTH/MULTI/WATCH
 //!   state is per client; SELECT and AUTH are replayed on every backend
 //!   connection a client opens later. MULTI and WATCH pin the client to the
-//!   RW node until EXEC/DISCARD/UNWATCH.
+//!   RW node until EXEC/DISCARD/UNWATCH. The one exception: plain RO reads
+//!   of clients without AUTH and read-your-writes share a few connections
+//!   per (RO node, db) (`pool.rs`), whose only state is the db.
 //! - A backend that fails fails only the requests in flight on it; reads
 //!   among them are re-sent to the RW node. A failed RO node is skipped
 //!   for `down_retry`, then tried again.
@@ -30,6 +32,7 @@ pub mod error;
 pub mod hash;
 mod health;
 pub mod metrics;
+mod pool;
 pub mod resp;
 mod server;
 pub mod topology;

@@ -14,6 +14,7 @@ use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::topology::TopologySource;
 
 /// What every connection task shares.
@@ -22,6 +23,7 @@ pub(crate) struct Shared {
     pub topology: TopologySource,
     pub metrics: Metrics,
     pub health: Health,
+    pub pool: Pool,
 }
 
 /// A bound proxy, ready to [`Proxy::run`].
@@ -60,6 +62,7 @@ impl Proxy {
                 topology,
                 metrics,
                 health: Health::default(),
+                pool: Pool::default(),
             }),
             listener,
             local,
