@@ -9,12 +9,14 @@
 # Not run in CI. Needs redis-server, redis-benchmark, redis-cli and a release
 # build: `cargo build --release -p pikafs`.
 # Env: PIKAFS_BIN (default $CARGO_TARGET_DIR/release/pikafs or
-# target/release/pikafs), N (requests per test, 200000), BASE_PORT
+# target/release/pikafs), LAG_BIN (the binary whose `bench kv-lag` measures,
+# default PIKAFS_BIN: to compare two kv builds with one probe), N (requests per test, 200000), BASE_PORT
 # (random by default), LAG_DURATION (10s), LAG_WRITERS (4), KEEP=1 keeps
 # the work dir.
 set -euo pipefail
 
 BIN=${PIKAFS_BIN:-${CARGO_TARGET_DIR:-target}/release/pikafs}
+LAG_BIN=${LAG_BIN:-$BIN}
 N=${N:-200000}
 TESTS=set,get,incr,hset,lpush,sadd,zadd
 BASE=${BASE_PORT:-$((20000 + RANDOM % 20000))}
@@ -138,8 +140,8 @@ VOL_RO_METRICS=$((BASE + 5))
 PIDS+=($!)
 wait_port "$VOL_RO" "pikafs kv --volume (ro)"
 echo
-echo "== RO lag, volume RW + RO: $BIN bench kv-lag --rw 127.0.0.1:$VOL_RW --ro 127.0.0.1:$VOL_RO --duration $LAG_DURATION --writers $LAG_WRITERS"
-"$BIN" bench kv-lag --rw "127.0.0.1:$VOL_RW" --ro "127.0.0.1:$VOL_RO" --duration "$LAG_DURATION" --writers "$LAG_WRITERS"
+echo "== RO lag, volume RW + RO: $LAG_BIN bench kv-lag --rw 127.0.0.1:$VOL_RW --ro 127.0.0.1:$VOL_RO --duration $LAG_DURATION --writers $LAG_WRITERS"
+"$LAG_BIN" bench kv-lag --rw "127.0.0.1:$VOL_RW" --ro "127.0.0.1:$VOL_RO" --duration "$LAG_DURATION" --writers "$LAG_WRITERS"
 # Where the lag goes: one catch-up (try_catch_up_with_primary through the fs).
 if command -v curl >/dev/null; then
     curl -s "127.0.0.1:$VOL_RO_METRICS/metrics" | awk '
@@ -147,9 +149,9 @@ if command -v curl >/dev/null; then
         END { if (n > 0) printf "  RO catch-ups: %d, mean %.2f ms each (pikafs_kv_catch_up_duration_seconds)\n", n, 1000*s/n }'
 fi
 
-"$BIN" kv --role ro --dir "$WORK/localdb" --listen "127.0.0.1:$LOCAL_RO" >"$WORK/local-ro.log" 2>&1 &
+"$BIN" kv --role ro --dir "$WORK/localdb" --secondary-dir "$WORK/local-ro" --listen "127.0.0.1:$LOCAL_RO" >"$WORK/local-ro.log" 2>&1 &
 PIDS+=($!)
 wait_port "$LOCAL_RO" "pikafs kv --dir (ro)"
 echo
-echo "== RO lag, local dir RW + RO (50 ms catch-up timer, no fs notification): $BIN bench kv-lag --rw 127.0.0.1:$LOCAL_RW --ro 127.0.0.1:$LOCAL_RO --duration $LAG_DURATION --writers $LAG_WRITERS"
-"$BIN" bench kv-lag --rw "127.0.0.1:$LOCAL_RW" --ro "127.0.0.1:$LOCAL_RO" --duration "$LAG_DURATION" --writers "$LAG_WRITERS"
+echo "== RO lag, local dir RW + RO (50 ms catch-up timer, no fs notification): $LAG_BIN bench kv-lag --rw 127.0.0.1:$LOCAL_RW --ro 127.0.0.1:$LOCAL_RO --duration $LAG_DURATION --writers $LAG_WRITERS"
+"$LAG_BIN" bench kv-lag --rw "127.0.0.1:$LOCAL_RW" --ro "127.0.0.1:$LOCAL_RO" --duration "$LAG_DURATION" --writers "$LAG_WRITERS"

@@ -112,6 +112,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of the calling thread, in microseconds (0 if unavailable).
+fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -255,6 +268,14 @@ impl Engine {
                 // A secondary must keep every file open: the primary deletes
                 // compacted files the secondary may still reference.
                 opts.set_max_open_files(-1);
+                // Every `try_catch_up_with_primary` tails the MANIFEST and
+                // ends in `LoadTableHandlers`, which starts and joins
+                // `max_file_opening_threads - 1` threads (default 16) even
+                // when no file is new: ~15 thread creations per catch-up,
+                // thousands per second under write load, which made the
+                // catch-up CPU-bound. One thread opens the (rare) new files
+                // inline; only the initial open of a large DB is slower.
+                opts.set_max_file_opening_threads(1);
                 let (dir, remove) = match cfg.secondary_path {
                     Some(p) => (p, false),
                     None => {
@@ -399,11 +420,20 @@ impl Engine {
             return Ok(());
         }
         let started = Instant::now();
-        let seq = {
+        let cpu0 = thread_cpu_us();
+        let (seq, locked) = {
             let _g = self.catch_up_lock.write();
+            let locked = started.elapsed();
             self.db.try_catch_up_with_primary()?;
-            self.db.latest_sequence_number()
+            (self.db.latest_sequence_number(), locked)
         };
+        tracing::trace!(
+            seq,
+            us = started.elapsed().as_micros() as u64,
+            lock_us = locked.as_micros() as u64,
+            cpu_us = thread_cpu_us().saturating_sub(cpu0),
+            "caught up"
+        );
         *self.last_catch_up.lock() = Some(started);
         self.catch_ups.fetch_add(1, Ordering::Relaxed);
         self.applied_tx.send_replace(seq);

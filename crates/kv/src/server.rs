@@ -285,51 +285,69 @@ async fn connection(
         let mut s = session
             .take()
             .expect("session is returned after each batch");
+        // A pipeline of cheap reads served from memory runs right here:
+        // handing it to a blocking thread and back costs more than the
+        // reads (two futex wake-ups and a thread switch per batch). Anything
+        // else, or a read that would need the disk, goes to a blocking
+        // thread as before.
+        let inline = if proto_err.is_none()
+            && batch.len() <= MAX_GROUP
+            && batch.iter().all(|r| s.is_inline_read(r))
+        {
+            s.execute_reads_in_memory(&batch)
+        } else {
+            None
+        };
         let engine = shared.engine.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut replies = Vec::with_capacity(batch.len());
-            let mut touched = false;
-            let mut blocked = None;
-            let mut rest = Vec::new();
-            let mut reqs = batch.into_iter().peekable();
-            while let Some(req) = reqs.next() {
-                let kind = s.group_kind(&req);
-                if kind.is_some() && reqs.peek().is_some_and(|n| s.group_kind(n) == kind) {
-                    let write = kind == Some(true);
-                    let mut group = vec![req];
-                    while group.len() < MAX_GROUP {
-                        match reqs.next_if(|n| s.group_kind(n) == kind) {
-                            Some(n) => group.push(n),
-                            None => break,
+        let res = if let Some(replies) = inline {
+            let seq = Some(engine.applied_sequence());
+            Ok((s, (replies, seq, None, Vec::new())))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let mut replies = Vec::with_capacity(batch.len());
+                let mut touched = false;
+                let mut blocked = None;
+                let mut rest = Vec::new();
+                let mut reqs = batch.into_iter().peekable();
+                while let Some(req) = reqs.next() {
+                    let kind = s.group_kind(&req);
+                    if kind.is_some() && reqs.peek().is_some_and(|n| s.group_kind(n) == kind) {
+                        let write = kind == Some(true);
+                        let mut group = vec![req];
+                        while group.len() < MAX_GROUP {
+                            match reqs.next_if(|n| s.group_kind(n) == kind) {
+                                Some(n) => group.push(n),
+                                None => break,
+                            }
                         }
+                        let (r, _) = s.execute_group(group, write);
+                        touched = true;
+                        replies.extend(r);
+                        continue;
                     }
-                    let (r, _) = s.execute_group(group, write);
-                    touched = true;
-                    replies.extend(r);
-                    continue;
+                    let o = s.execute(req);
+                    touched |= o.touched_data || o.seq.is_some();
+                    if o.blocked.is_some() {
+                        // Everything behind a blocked command waits for it.
+                        blocked = o.blocked;
+                        break;
+                    }
+                    if let Some(r) = o.reply {
+                        replies.push(r);
+                    }
+                    if s.closing {
+                        break;
+                    }
                 }
-                let o = s.execute(req);
-                touched |= o.touched_data || o.seq.is_some();
-                if o.blocked.is_some() {
-                    // Everything behind a blocked command waits for it.
-                    blocked = o.blocked;
-                    break;
+                if blocked.is_some() {
+                    rest.extend(reqs);
                 }
-                if let Some(r) = o.reply {
-                    replies.push(r);
-                }
-                if s.closing {
-                    break;
-                }
-            }
-            if blocked.is_some() {
-                rest.extend(reqs);
-            }
-            // Everything the batch wrote or read is at or below this.
-            let seq = touched.then(|| engine.applied_sequence());
-            (s, (replies, seq, blocked, rest))
-        })
-        .await;
+                // Everything the batch wrote or read is at or below this.
+                let seq = touched.then(|| engine.applied_sequence());
+                (s, (replies, seq, blocked, rest))
+            })
+            .await
+        };
         let (s, (mut replies, mut seq, mut blocked, rest)) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -691,6 +709,82 @@ mod tests {
             got.extend_from_slice(&b[..n]);
         }
         assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+
+    /// Sends `GET key` and returns the raw reply (a nil or a short bulk).
+    async fn get_raw(sock: &mut TcpStream, key: &str) -> String {
+        sock.write_all(&resp(&[&["GET", key]])).await.unwrap();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = String::from_utf8_lossy(&got).to_string();
+            if s == "$-1\r\n" || (s.starts_with('$') && s.matches("\r\n").count() == 2) {
+                return s;
+            }
+            let mut b = [0u8; 256];
+            let n = tokio::time::timeout_at(deadline, sock.read(&mut b))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "server closed the connection");
+            got.extend_from_slice(&b[..n]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ro_catches_up_when_notified_without_waiting_for_its_timer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sec = tempfile::tempdir().unwrap();
+        let mut cfg = KvConfig::new("127.0.0.1:0".parse().unwrap(), Role::Rw, dir.path().into());
+        cfg.memory_bytes = 32 << 20;
+        let rw = KvServer::bind(cfg, None).await.unwrap();
+        let rw_addr = rw.local_addr();
+        let mut cfg = KvConfig::new("127.0.0.1:0".parse().unwrap(), Role::Ro, dir.path().into());
+        cfg.memory_bytes = 32 << 20;
+        cfg.secondary_dir = Some(sec.path().into());
+        // The timer alone would take an hour: only the notification can
+        // make the write visible within the test's bound.
+        cfg.catch_up_interval = Duration::from_secs(3600);
+        let ro = KvServer::bind(cfg, None).await.unwrap();
+        let (ro_addr, ro_engine) = (ro.local_addr(), ro.engine().clone());
+        let stop = CancellationToken::new();
+        let rw_task = tokio::spawn(rw.serve(stop.clone()));
+        let ro_task = tokio::spawn(ro.serve(stop.clone()));
+
+        let mut w = TcpStream::connect(rw_addr).await.unwrap();
+        let mut r = TcpStream::connect(ro_addr).await.unwrap();
+        roundtrip(&mut r, &[&["PING"]], "+PONG\r\n").await;
+        // The secondary opened before this write (acknowledged = synced to
+        // the WAL it tails) and its loop waits for a trigger.
+        roundtrip(&mut w, &[&["SET", "k", "v"]], "+OK\r\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get_raw(&mut r, "k").await, "$-1\r\n", "not caught up yet");
+        let notified = Instant::now();
+        ro_engine.catch_up_trigger().notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = get_raw(&mut r, "k").await;
+            if got == "$1\r\nv\r\n" {
+                break;
+            }
+            assert_eq!(got, "$-1\r\n");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the notified catch-up did not land within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::debug!(took = ?notified.elapsed(), "visible after the notification");
+
+        stop.cancel();
+        drop((w, r));
+        for t in [rw_task, ro_task] {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("server stops")
+                .unwrap()
+                .unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

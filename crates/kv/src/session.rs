@@ -332,18 +332,62 @@ impl Session {
         write: bool,
     ) -> (Vec<Reply>, Option<u64>) {
         let engine = self.shared.engine.clone();
-        let mut t = if write {
+        let t = if write {
             engine.write_txn(self.db)
         } else {
             engine.read_txn(self.db)
         };
+        self.run_group(t, &reqs, write)
+            .expect("a normal txn never needs a rerun")
+    }
+
+    /// Whether `req` may run on an async worker through
+    /// [`Session::execute_reads_in_memory`]: a groupable read flagged FAST
+    /// (O(1) or O(log n) in Redis) that is cheap here too. ZRANK/ZREVRANK
+    /// and ZCOUNT/ZLEXCOUNT walk rows here, DBSIZE counts keys: not cheap.
+    pub fn is_inline_read(&self, req: &[Bytes]) -> bool {
+        if self.group_kind(req) != Some(false) {
+            return false;
+        }
+        lookup(&req[0]).is_some_and(|spec| {
+            spec.flags & FAST != 0
+                && !matches!(
+                    spec.name,
+                    "zrank" | "zrevrank" | "zcount" | "zlexcount" | "dbsize"
+                )
+        })
+    }
+
+    /// Runs `reqs` (every one [`Session::is_inline_read`]) as one read
+    /// group served from memory only (memtables and block cache), so the
+    /// caller can run it on an async worker instead of a blocking thread:
+    /// for GET-heavy pipelines the thread handoff costs more than the
+    /// reads. `None` when that is not possible — on RO a catch-up holds
+    /// the lock, or some read needed the disk — and nothing was counted:
+    /// run the same requests normally. Replies and metrics are those of
+    /// [`Session::execute_group`].
+    pub fn execute_reads_in_memory(&mut self, reqs: &[Vec<Bytes>]) -> Option<Vec<Reply>> {
+        let engine = self.shared.engine.clone();
+        let t = Txn::new_read_in_memory(&engine, self.db)?;
+        self.run_group(t, reqs, false).map(|(r, _)| r)
+    }
+
+    /// The body of [`Session::execute_group`] on an open txn; `None` when
+    /// the txn is memory-only and a read needed the disk (nothing counted).
+    fn run_group(
+        &mut self,
+        mut t: Txn<'_>,
+        reqs: &[Vec<Bytes>],
+        write: bool,
+    ) -> Option<(Vec<Reply>, Option<u64>)> {
         let mut replies = Vec::with_capacity(reqs.len());
         let mut names = Vec::with_capacity(reqs.len());
+        let mut spent = Vec::with_capacity(reqs.len());
         for args in reqs {
             let start = Instant::now();
             let Some(spec) = lookup(&args[0]) else {
                 // group_kind() checked it; answer as execute() would.
-                replies.push(Reply::Error(command::unknown_command(&args).to_string()));
+                replies.push(Reply::Error(command::unknown_command(args).to_string()));
                 names.push("unknown");
                 continue;
             };
@@ -357,7 +401,7 @@ impl Session {
             };
             let r = if write {
                 let mark = t.mark();
-                match f(&mut t, &args) {
+                match f(&mut t, args) {
                     Ok(r) => r,
                     Err(e) => {
                         t.rollback_to_mark(mark);
@@ -365,12 +409,12 @@ impl Session {
                     }
                 }
             } else {
-                f(&mut t, &args).unwrap_or_else(|e| Reply::Error(e.to_string()))
+                f(&mut t, args).unwrap_or_else(|e| Reply::Error(e.to_string()))
             };
-            self.shared
-                .metrics
-                .command_seconds
-                .observe(start.elapsed().as_secs_f64());
+            if t.needs_io() {
+                return None;
+            }
+            spent.push(start.elapsed());
             replies.push(r);
             names.push(spec.name);
         }
@@ -390,13 +434,26 @@ impl Session {
             None
         };
         let m = &self.shared.metrics;
-        for (name, r) in names.iter().zip(&replies) {
+        for d in spent {
+            m.command_seconds.observe(d.as_secs_f64());
+        }
+        // One labelled-counter lookup per run of the same command (a GET
+        // pipeline is one run), not one per command.
+        let mut i = 0;
+        while i < names.len() {
+            let name = names[i];
+            let (mut n, mut errors) = (0u64, 0u64);
+            while i < names.len() && names[i] == name {
+                n += 1;
+                errors += u64::from(replies[i].is_error());
+                i += 1;
+            }
             let labels = CmdLabels {
                 cmd: name.to_string(),
             };
-            m.commands.get_or_create(&labels).inc();
-            if r.is_error() {
-                m.command_errors.get_or_create(&labels).inc();
+            m.commands.get_or_create(&labels).inc_by(n);
+            if errors > 0 {
+                m.command_errors.get_or_create(&labels).inc_by(errors);
             }
         }
         self.shared
@@ -408,7 +465,7 @@ impl Session {
             st.last_cmd.push_str(name);
             st.last_active = Some(Instant::now());
         }
-        (replies, seq)
+        Some((replies, seq))
     }
 
     /// Executes one request (`args[0]` is the command name).

@@ -11,11 +11,12 @@
 //! `get_sub`, `put_sub`, `scan_subs`, ...); keys are user keys and the
 //! txn's selected db is applied here.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use parking_lot::{MutexGuard, RwLockReadGuard};
-use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch, DB};
+use rocksdb::{ErrorKind, ReadOptions, ReadTier, SnapshotWithThreadMode, WriteBatch, DB};
 
 use crate::encoding::{self, meta_key, prefix_end, sub_key, sub_prefix, KeyType, Meta};
 use crate::engine::{now_ms, Engine, Role, Touch};
@@ -72,6 +73,26 @@ pub struct Txn<'e> {
     /// undone without copying the overlay.
     undo: Option<Vec<Undo>>,
     now: u64,
+    /// Point reads reuse one ReadOptions (creating one is an FFI
+    /// allocation per read otherwise).
+    get_opts: ReadOptions,
+    /// Memory-only reads ([`Txn::new_read_in_memory`]): RocksDB answers
+    /// `Incomplete` instead of reading the disk.
+    in_memory: bool,
+    /// Set when a memory-only read needed the disk: the caller must rerun
+    /// the command(s) on a normal txn; this txn's replies are void.
+    needs_io: Cell<bool>,
+}
+
+fn read_options(snap: Option<&SnapshotWithThreadMode<'_, DB>>, in_memory: bool) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    if let Some(s) = snap {
+        ro.set_snapshot(s);
+    }
+    if in_memory {
+        ro.set_read_tier(ReadTier::BlockCache);
+    }
+    ro
 }
 
 impl<'e> Txn<'e> {
@@ -80,6 +101,31 @@ impl<'e> Txn<'e> {
             Role::Rw => (Some(eng.db().snapshot()), None),
             Role::Ro => (None, Some(eng.catch_up_lock.read())),
         };
+        Txn::read_with(eng, db, snap, guard, false)
+    }
+
+    /// A read txn that never waits: `None` on RO while a catch-up holds
+    /// the lock; its reads are served from memtables and the block cache
+    /// only, and a read that would need the disk fails and sets
+    /// [`Txn::needs_io`]. For running cheap reads on an async worker.
+    pub(crate) fn new_read_in_memory(eng: &'e Engine, db: u8) -> Option<Txn<'e>> {
+        let (snap, guard) = match eng.role() {
+            Role::Rw => (Some(eng.db().snapshot()), None),
+            Role::Ro => (None, Some(eng.catch_up_lock.try_read()?)),
+        };
+        Some(Txn::read_with(eng, db, snap, guard, true))
+    }
+
+    fn read_with(
+        eng: &'e Engine,
+        db: u8,
+        snap: Option<SnapshotWithThreadMode<'e, DB>>,
+        guard: Option<RwLockReadGuard<'e, ()>>,
+        in_memory: bool,
+    ) -> Txn<'e> {
+        // The options hold a raw pointer to the snapshot, which RocksDB
+        // owns and which lives as long as `snap` (dropped with the txn).
+        let get_opts = read_options(snap.as_ref(), in_memory);
         Txn {
             eng,
             db,
@@ -92,7 +138,24 @@ impl<'e> Txn<'e> {
             touched: Vec::new(),
             undo: None,
             now: now_ms(),
+            get_opts,
+            in_memory,
+            needs_io: Cell::new(false),
         }
+    }
+
+    /// A memory-only txn ([`Txn::new_read_in_memory`]) hit a read that
+    /// needs the disk: discard what it answered and rerun normally.
+    pub fn needs_io(&self) -> bool {
+        self.needs_io.get()
+    }
+
+    /// Notes a memory-only read that needed the disk.
+    fn check_io(&self, e: rocksdb::Error) -> CmdError {
+        if self.in_memory && e.kind() == ErrorKind::Incomplete {
+            self.needs_io.set(true);
+        }
+        e.into()
     }
 
     pub(crate) fn new_write(eng: &'e Engine, db: u8) -> Txn<'e> {
@@ -111,6 +174,9 @@ impl<'e> Txn<'e> {
             touched: Vec::new(),
             undo: None,
             now: now_ms(),
+            get_opts: ReadOptions::default(),
+            in_memory: false,
+            needs_io: Cell::new(false),
         }
     }
 
@@ -130,11 +196,7 @@ impl<'e> Txn<'e> {
     }
 
     fn read_opts(&self) -> ReadOptions {
-        let mut ro = ReadOptions::default();
-        if let Some(s) = &self.snap {
-            ro.set_snapshot(s);
-        }
-        ro
+        read_options(self.snap.as_ref(), self.in_memory)
     }
 
     fn overlay(&self, space: Space) -> &Overlay {
@@ -168,10 +230,10 @@ impl<'e> Txn<'e> {
         if self.range_deleted(space, k) {
             return Ok(None);
         }
-        Ok(self
-            .eng
+        self.eng
             .db()
-            .get_cf_opt(self.cf(space), k, &self.read_opts())?)
+            .get_cf_opt(self.cf(space), k, &self.get_opts)
+            .map_err(|e| self.check_io(e))
     }
 
     /// Raw put of an encoded key into the overlay.
@@ -273,7 +335,7 @@ impl<'e> Txn<'e> {
                 advance(&mut it, reverse);
             }
         }
-        it.status()?;
+        it.status().map_err(|e| self.check_io(e))?;
         Ok(out)
     }
 
@@ -576,6 +638,55 @@ pub(crate) mod tests {
             fsync: FsyncPolicy::Always,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn memory_only_reads_flag_disk_reads_and_never_wait_for_a_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let eng = engine(dir.path());
+            let mut t = eng.write_txn(0);
+            t.put_meta(b"cold", &Meta::string(b"on disk".to_vec(), 0));
+            t.commit().unwrap();
+            eng.db().flush_cf(eng.meta_cf()).unwrap();
+        }
+        // Reopened with a fresh block cache: the record is only on disk.
+        let eng = engine(dir.path());
+        let t = Txn::new_read_in_memory(&eng, 0).expect("RW never waits");
+        assert!(t.get_meta(b"cold").is_err(), "a disk read is refused");
+        assert!(t.needs_io(), "and flagged for a rerun");
+        drop(t);
+        let t = eng.read_txn(0);
+        assert_eq!(t.get_meta(b"cold").unwrap().unwrap().payload, b"on disk");
+        drop(t);
+        // Now the block is cached, and memtable rows never need the disk.
+        let mut w = eng.write_txn(0);
+        w.put_meta(b"hot", &Meta::string(b"in memtable".to_vec(), 0));
+        w.commit().unwrap();
+        let t = Txn::new_read_in_memory(&eng, 0).unwrap();
+        assert_eq!(t.get_meta(b"cold").unwrap().unwrap().payload, b"on disk");
+        assert_eq!(t.get_meta(b"hot").unwrap().unwrap().payload, b"in memtable");
+        assert!(t.get_meta(b"absent").unwrap().is_none());
+        assert!(!t.needs_io());
+        drop(t);
+
+        // RO: a catch-up in progress makes a memory-only txn unavailable
+        // instead of blocking the caller (an async worker).
+        let sec = tempfile::tempdir().unwrap();
+        let ro = Engine::open(EngineConfig {
+            path: dir.path().to_path_buf(),
+            role: Role::Ro,
+            secondary_path: Some(sec.path().to_path_buf()),
+            memory_bytes: 32 << 20,
+            env: None,
+            fsync: FsyncPolicy::Always,
+        })
+        .unwrap();
+        let held = ro.catch_up_lock.write();
+        assert!(Txn::new_read_in_memory(&ro, 0).is_none());
+        drop(held);
+        let t = Txn::new_read_in_memory(&ro, 0).expect("no catch-up running");
+        assert_eq!(t.get_meta(b"hot").unwrap().unwrap().payload, b"in memtable");
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //!
 //! Writers SET keys on the RW in pipelined rounds; one probe loop does
 //! `SET probe:<run>:<i> <i>` on the RW, and from the moment the SET is
-//! acknowledged polls `GET` on the RO (tight loop, bounded by
+//! acknowledged polls `GET` on the RO (every 0.2 ms, bounded by
 //! `--probe-timeout`) until it returns the value. The lag of a probe is
 //! visible-on-RO minus acknowledged-by-RW. Speaks RESP2 directly (a few
 //! lines; no client library in the binary).
+//!
+//! The probe runs on its own thread and single-threaded runtime, apart
+//! from the writers' runtime: otherwise a probe reply that has arrived
+//! waits in the same run queue as the writers' tasks, and the measured lag
+//! includes the bench's own scheduling delay.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -161,6 +166,7 @@ pub async fn run_lag(args: KvLagArgs) -> anyhow::Result<()> {
     let mut probe_ro = Conn::connect(&args.ro).await?;
     probe_rw.call(&[b"PING"]).await.context("PING the RW")?;
     probe_ro.call(&[b"PING"]).await.context("PING the RO")?;
+    drop((probe_rw, probe_ro));
 
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
@@ -190,46 +196,31 @@ pub async fn run_lag(args: KvLagArgs) -> anyhow::Result<()> {
         }));
     }
 
-    let run = rand::random::<u32>();
+    let (rw, ro) = (args.rw.clone(), args.ro.clone());
+    let (duration, probe_timeout) = (args.duration, args.probe_timeout);
     let start = Instant::now();
-    let mut lags = Vec::new();
-    let mut acks = Vec::new();
-    let mut misses = 0u64;
-    let mut polls = 0u64;
-    let mut i = 0u64;
-    while start.elapsed() < args.duration {
-        let key = format!("probe:{run}:{i}");
-        let val = i.to_string();
-        let t0 = Instant::now();
-        probe_rw
-            .call(&[b"SET", key.as_bytes(), val.as_bytes()])
-            .await
-            .context("probe SET on the RW")?;
-        let acked = Instant::now();
-        acks.push(acked - t0);
-        let seen = loop {
-            polls += 1;
-            match probe_ro.call(&[b"GET", key.as_bytes()]).await? {
-                Resp::Bulk(Some(v)) if v == val.as_bytes() => break Some(Instant::now()),
-                _ => {}
-            }
-            if acked.elapsed() > args.probe_timeout {
-                break None;
-            }
-        };
-        match seen {
-            Some(t) => lags.push(t - acked),
-            None => misses += 1,
-        }
-        i += 1;
-        // Probes sample the lag; they should not be the load. A random
-        // pause, so probes do not phase-lock to a periodic catch-up (a
-        // probe sent right after one would always wait a full period).
-        let pause = rand::random::<u64>() % 20_000;
-        tokio::time::sleep(Duration::from_micros(2_000 + pause)).await;
-    }
+    let probe = std::thread::Builder::new()
+        .name("kv-lag-probe".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("probe runtime")?;
+            rt.block_on(probe_loop(&rw, &ro, duration, probe_timeout))
+        })
+        .context("spawn the probe thread")?;
+    let probed = tokio::task::spawn_blocking(move || probe.join()).await;
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
+    let Probed {
+        mut lags,
+        mut acks,
+        misses,
+        polls,
+    } = match probed {
+        Ok(Ok(r)) => r?,
+        _ => anyhow::bail!("the probe thread panicked"),
+    };
     for w in writers {
         match tokio::time::timeout(Duration::from_secs(30), w).await {
             Ok(Ok(Ok(()))) => {}
@@ -288,6 +279,83 @@ pub async fn run_lag(args: KvLagArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Pause between two GETs of one probe on the RO: the lag is measured to
+/// within this plus one round trip.
+const POLL_PAUSE: Duration = Duration::from_micros(200);
+
+/// What the probe loop measured.
+struct Probed {
+    /// Visible on RO minus acknowledged by RW, per probe seen.
+    lags: Vec<Duration>,
+    /// The probe SET's round trip on the RW.
+    acks: Vec<Duration>,
+    misses: u64,
+    polls: u64,
+}
+
+/// The probe: SET on the RW, then GET on the RO until the value shows,
+/// until `duration` has passed. Runs on its own runtime (see the module
+/// doc).
+async fn probe_loop(
+    rw: &str,
+    ro: &str,
+    duration: Duration,
+    probe_timeout: Duration,
+) -> anyhow::Result<Probed> {
+    let mut probe_rw = Conn::connect(rw).await?;
+    let mut probe_ro = Conn::connect(ro).await?;
+    let run = rand::random::<u32>();
+    let start = Instant::now();
+    let mut lags = Vec::new();
+    let mut acks = Vec::new();
+    let mut misses = 0u64;
+    let mut polls = 0u64;
+    let mut i = 0u64;
+    while start.elapsed() < duration {
+        let key = format!("probe:{run}:{i}");
+        let val = i.to_string();
+        let t0 = Instant::now();
+        probe_rw
+            .call(&[b"SET", key.as_bytes(), val.as_bytes()])
+            .await
+            .context("probe SET on the RW")?;
+        let acked = Instant::now();
+        acks.push(acked - t0);
+        let seen = loop {
+            polls += 1;
+            match probe_ro.call(&[b"GET", key.as_bytes()]).await? {
+                Resp::Bulk(Some(v)) if v == val.as_bytes() => break Some(Instant::now()),
+                _ => {}
+            }
+            if acked.elapsed() > probe_timeout {
+                break None;
+            }
+            // Not a busy loop: back to back, the polls are a load of their
+            // own (tens of thousands of GETs a second, a whole core of a
+            // small machine, taken from the nodes being measured). A
+            // blocking sleep is fine here: this runtime has nothing else
+            // to run, and it is finer than tokio's 1 ms timer.
+            std::thread::sleep(POLL_PAUSE);
+        };
+        match seen {
+            Some(t) => lags.push(t - acked),
+            None => misses += 1,
+        }
+        i += 1;
+        // Probes sample the lag; they should not be the load. A random
+        // pause, so probes do not phase-lock to a periodic catch-up (a
+        // probe sent right after one would always wait a full period).
+        let pause = rand::random::<u64>() % 20_000;
+        tokio::time::sleep(Duration::from_micros(2_000 + pause)).await;
+    }
+    Ok(Probed {
+        lags,
+        acks,
+        misses,
+        polls,
+    })
 }
 
 #[cfg(test)]
