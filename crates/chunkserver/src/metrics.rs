@@ -20,6 +20,7 @@ pub struct OpLabel {
 #[derive(Clone)]
 pub struct Metrics {
     pub wal_fsync_seconds: Histogram,
+    pub wal_write_seconds: Histogram,
     pub wal_batch_records: Histogram,
     pub wal_bytes_total: Counter<u64, AtomicU64>,
     pub crc_errors_total: Counter<u64, AtomicU64>,
@@ -38,6 +39,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             wal_fsync_seconds: Histogram::new(latency_buckets()),
+            wal_write_seconds: Histogram::new(latency_buckets()),
             wal_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             wal_bytes_total: Counter::default(),
             crc_errors_total: Counter::default(),
@@ -54,6 +56,11 @@ impl Metrics {
             "wal_fsync_seconds",
             "WAL fdatasync latency",
             m.wal_fsync_seconds.clone(),
+        );
+        r.register(
+            "wal_write_seconds",
+            "WAL batch write latency (with direct IO: until the device has the data)",
+            m.wal_write_seconds.clone(),
         );
         r.register(
             "wal_batch_records",
