@@ -8,12 +8,13 @@
 //! size are undefined (that is what lets a 4 KiB WAL append skip zeroing
 //! the rest of its 4 MiB block).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::{FsError, Result};
-use crate::fs::{now_ns, Inner, Stat};
+use crate::fs::{now_ns, Inner, Meta, Stat};
 use crate::metadata::{runs_of, HOLE};
 use crate::record::{Ino, Op};
 
@@ -26,6 +27,9 @@ const ZERO_CHUNK: u64 = 1 << 20;
 const DEFER_MAX: usize = 64 << 10;
 /// Queued data past this is committed without waiting for an fsync.
 const QUEUED_MAX: usize = 1 << 20;
+/// RO reads redone after racing a cut before one holds the metadata lock
+/// across its device reads.
+const OPTIMISTIC_READS: u32 = 3;
 
 /// An open file. Reads work on any mount; writes need a RW mount and a
 /// handle opened with `write`. Dropping it closes it (an orphan's blocks
@@ -55,6 +59,10 @@ impl Drop for File {
         self.fs.close_ref(self.ino);
     }
 }
+
+/// A read's device ranges (`None`: a hole) and the overlay bytes to copy
+/// over them.
+type ReadPlan = (Vec<(Option<u64>, u64)>, Vec<(u64, Vec<u8>)>);
 
 /// One device write planned by a write step.
 struct Seg {
@@ -143,60 +151,96 @@ impl File {
     /// when the inode was freed; device errors.
     pub fn pread(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.check_lease()?;
+        let ro = self.fs.mode == crate::fs::Mode::Ro;
+        let mut tries = 0;
+        loop {
+            let m = self.fs.meta.read();
+            // RO: a truncate applied by catch-up between our planning and
+            // our device reads lets the RW reuse the cut blocks (once we
+            // publish the new lsn), so the bytes may be another file's.
+            // Reads run without the lock (catch-up never waits for device
+            // reads) and are redone when a cut was applied meanwhile;
+            // after a few such races, the lock is held across the reads.
+            let cuts = self.fs.cuts.load(Ordering::SeqCst);
+            let (plan, overlay) = match self.plan(&m, offset, len)? {
+                Some(p) => p,
+                None => return Ok(Vec::new()),
+            };
+            let hold = ro && tries >= OPTIMISTIC_READS;
+            let _held = if hold {
+                Some(m)
+            } else {
+                drop(m);
+                None
+            };
+            let out = self.read_plan(plan, &overlay, len)?;
+            if ro && !hold && self.fs.cuts.load(Ordering::SeqCst) != cuts {
+                tries += 1;
+                continue;
+            }
+            // After the data: the lease must have covered the whole read.
+            self.check_lease()?;
+            return Ok(out);
+        }
+    }
+
+    /// A read's plan: (device offset or None for a hole, length), merged,
+    /// and copies of the bytes the device may not have yet: journaled
+    /// ones not yet home (RW and RO), then queued ones (RW), newer,
+    /// applied last (copied now: a commit may drain or home them before
+    /// our device reads). `None` at or past the end of the file.
+    fn plan(&self, m: &Meta, offset: u64, len: usize) -> Result<Option<ReadPlan>> {
         let bs = self.fs.sb.block_size;
         let data_off = self.fs.sb.data_off;
-        // (device offset or None for a hole, length), merged.
         let mut plan: Vec<(Option<u64>, u64)> = Vec::new();
-        let m = self.fs.meta.read();
-        // Queued writes (RW) that the device does not have yet; copied now,
-        // as a commit may drain them before our device reads.
         let mut queued: Vec<(u64, Vec<u8>)> = Vec::new();
-        {
-            let inode = m.st.inodes.get(&self.ino).ok_or_else(|| self.gone())?;
-            if offset >= inode.size {
-                return Ok(Vec::new());
+        let inode = m.st.inodes.get(&self.ino).ok_or_else(|| self.gone())?;
+        if offset >= inode.size {
+            return Ok(None);
+        }
+        let end = inode.size.min(offset.saturating_add(len as u64));
+        let mut pos = offset;
+        while pos < end {
+            let l = pos / bs;
+            let n = ((l + 1) * bs).min(end) - pos;
+            let dev = match inode.blocks.get(l as usize).copied().unwrap_or(HOLE) {
+                HOLE => None,
+                p => Some(data_off + p * bs + pos % bs),
+            };
+            match plan.last_mut() {
+                Some((Some(d), len)) if dev == Some(*d + *len) => *len += n,
+                Some((None, len)) if dev.is_none() => *len += n,
+                _ => plan.push((dev, n)),
             }
-            let end = inode.size.min(offset.saturating_add(len as u64));
-            let mut pos = offset;
-            while pos < end {
-                let l = pos / bs;
-                let n = ((l + 1) * bs).min(end) - pos;
-                let dev = match inode.blocks.get(l as usize).copied().unwrap_or(HOLE) {
-                    HOLE => None,
-                    p => Some(data_off + p * bs + pos % bs),
-                };
-                match plan.last_mut() {
-                    Some((Some(d), len)) if dev == Some(*d + *len) => *len += n,
-                    Some((None, len)) if dev.is_none() => *len += n,
-                    _ => plan.push((dev, n)),
-                }
-                pos += n;
+            pos += n;
+        }
+        for overlay in [&m.unhomed, &m.data] {
+            if overlay.is_empty() {
+                continue;
             }
-            if !m.data.is_empty() {
-                for &(dev, n) in &plan {
-                    if let Some(d) = dev {
-                        queued.extend(m.data.pieces_in(d, n));
-                    }
+            for &(dev, n) in &plan {
+                if let Some(d) = dev {
+                    queued.extend(overlay.pieces_in(d, n));
                 }
             }
         }
-        // On an RO mount the lock is held across the device reads: a
-        // truncate applied by catch-up (after which the RW may reuse the
-        // cut blocks) then cannot slip between planning and reading.
-        let _held = match self.fs.mode {
-            crate::fs::Mode::Ro => Some(m),
-            crate::fs::Mode::Rw => {
-                drop(m);
-                None
-            }
-        };
+        Ok(Some((plan, queued)))
+    }
+
+    /// Reads a plan from the device and copies the overlay over it.
+    fn read_plan(
+        &self,
+        plan: Vec<(Option<u64>, u64)>,
+        overlay: &[(u64, Vec<u8>)],
+        len: usize,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len);
         for (dev, n) in plan {
             match dev {
                 Some(d) => {
                     let at = out.len();
                     out.extend_from_slice(&self.fs.dev.read_at(d, n as usize)?);
-                    for (q_off, q) in queued.iter().filter(|(o, _)| (d..d + n).contains(o)) {
+                    for (q_off, q) in overlay.iter().filter(|(o, _)| (d..d + n).contains(o)) {
                         let from = at + (q_off - d) as usize;
                         out[from..from + q.len()].copy_from_slice(q);
                     }
@@ -204,8 +248,6 @@ impl File {
                 None => out.resize(out.len() + n as usize, 0),
             }
         }
-        // After the data: the lease must have covered the whole read.
-        self.check_lease()?;
         Ok(out)
     }
 

@@ -154,6 +154,13 @@ pub(crate) struct Meta {
     /// Small data writes that go out with the next commit (see
     /// `crate::pending`); drained together with `pending`.
     pub(crate) data: PendingData,
+    /// Journaled bytes not known to be home, tagged with the end lsn of
+    /// the transaction that journaled them (newest bytes win). RW: what
+    /// the next checkpoint writes home. RO: an overlay fed by replay,
+    /// dropped once the header's `start` passes a tag (the RW homes
+    /// everything before it moves `start`). Reads copy these over the
+    /// device's bytes. At most the ring's size.
+    pub(crate) unhomed: PendingData,
     /// Sequence number of the last record pushed.
     pub(crate) op_seq: u64,
     pub(crate) open: HashMap<Ino, OpenEntry>,
@@ -188,6 +195,11 @@ pub(crate) struct Inner {
     commit_hook: RwLock<Option<CommitHook>>,
     /// RO through a session: whether reads can be trusted.
     pub(crate) lease: ReadLease,
+    /// RO: bumped (under the metadata write lock) whenever catch-up
+    /// applies something that frees blocks (a truncate, a freed orphan,
+    /// released pending blocks) or reloads; a read that planned before a
+    /// bump may have read reused blocks and is redone (`File::pread`).
+    pub(crate) cuts: std::sync::atomic::AtomicU64,
 }
 
 /// See [`Fs::set_commit_hook`].
@@ -276,6 +288,7 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
             end: 0,
             ckpt_slot: 0,
             inline_len: 0,
+            inline_data: 0,
         },
         &[],
     )?;
@@ -299,11 +312,37 @@ fn load(
     sb: &Superblock,
     h: &JournalHeader,
     inline: &[u8],
-) -> Result<State, (FsError, bool)> {
+) -> Result<(State, PendingData), (FsError, bool)> {
     let mut st = checkpoint::read(dev, sb, h.ckpt_slot, h.start).map_err(|e| (e, true))?;
     let txns = read_txns(dev, sb, h.start, h, inline)?;
     apply_txns(&mut st, &txns).map_err(|e| (e, false))?;
-    Ok(st)
+    // Everything journaled after the checkpoint may still be missing at
+    // home: overlay it.
+    let mut unhomed = PendingData::default();
+    feed_journaled(&mut unhomed, &txns);
+    Ok((st, unhomed))
+}
+
+/// Adds the journaled data of `txns` to `overlay`, in journal order (a
+/// later transaction's bytes replace an earlier one's). Ranges a later
+/// transaction wrote home directly (listed by its `DataCrc`) leave the
+/// overlay: home has newer bytes there.
+pub(crate) fn feed_journaled(overlay: &mut PendingData, txns: &[Txn]) {
+    for (end, ops) in txns {
+        for op in ops {
+            match op {
+                Op::Journaled { dev_off, data, .. } => {
+                    overlay.insert_tagged(*dev_off, data.clone(), *end);
+                }
+                Op::DataCrc { ranges } => {
+                    for &(off, len, _) in ranges {
+                        overlay.remove_range(off, len as u64);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// A parsed transaction: its end lsn and records.
@@ -319,6 +358,19 @@ pub(crate) fn read_txns(
     from: Lsn,
     h: &JournalHeader,
     inline: &[u8],
+) -> Result<Vec<Txn>, (FsError, bool)> {
+    read_txns_with(dev, sb, from, h, inline, None)
+}
+
+/// [`read_txns`] given the inline transaction already parsed (and its
+/// data area checked) by `journal::read_trusted_header_parsed`.
+fn read_txns_with(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    from: Lsn,
+    h: &JournalHeader,
+    inline: &[u8],
+    parsed: Option<Vec<Txn>>,
 ) -> Result<Vec<Txn>, (FsError, bool)> {
     let classify = |e: TxnError| match e {
         e @ TxnError::Mismatch { .. } => (FsError::from(e), true),
@@ -341,8 +393,14 @@ pub(crate) fn read_txns(
         Vec::new()
     };
     if !inline.is_empty() {
-        let tail = journal::parse_txns(sb, &journal::pad_frame(inline), ring_end)
-            .map_err(|e| (FsError::from(e), false))?;
+        // Its records come from the header, its data area from the ring
+        // (a mismatch there: lapped under an RO, retry).
+        let tail = match parsed {
+            Some(t) => t,
+            None => journal::inline_txns(dev, sb, h, inline)
+                .map_err(|e| (e, false))?
+                .map_err(classify)?,
+        };
         txns.extend(tail);
     }
     Ok(txns)
@@ -389,7 +447,7 @@ impl Fs {
     pub fn mount(dev: Arc<dyn BlockDevice>, mode: Mode) -> Result<Fs> {
         let sb = Superblock::decode(&dev.read_at(0, SECTOR as usize)?)?;
         let mut tries = 0;
-        let (h, st) = loop {
+        let (h, st, unhomed) = loop {
             let (mut h, inline, cut) = journal::read_trusted_header(&*dev, &sb)?;
             if cut && mode == Mode::Rw {
                 // The newest transaction's data never all landed, so its
@@ -403,7 +461,7 @@ impl Fs {
                 );
             }
             match load(&*dev, &sb, &h, &inline) {
-                Ok(st) => {
+                Ok((st, unhomed)) => {
                     if mode == Mode::Rw && !inline.is_empty() {
                         // The ring copy of the newest transaction went out
                         // with its header and may be torn: restore it
@@ -419,9 +477,10 @@ impl Fs {
                         // stop checking it before anything is written.
                         h.seq += 1;
                         h.inline_len = 0;
+                        h.inline_data = 0;
                         journal::write_header(&*dev, &sb, &h, &[])?;
                     }
-                    break (h, st);
+                    break (h, st, unhomed);
                 }
                 // An RO racing the RW's checkpoint: read the header again.
                 Err((_, true)) if mode == Mode::Ro && tries < 10 => tries += 1,
@@ -438,6 +497,7 @@ impl Fs {
         tracing::debug!(?mode, start = h.start, end = h.end, "mounted");
         let metrics = Metrics::default();
         metrics.lsn.set(h.end);
+        metrics.unhomed_bytes.set(unhomed.bytes() as i64);
         Ok(Fs {
             inner: Arc::new(Inner {
                 dev,
@@ -448,6 +508,7 @@ impl Fs {
                     pending: Vec::new(),
                     pending_bytes: 0,
                     data: PendingData::default(),
+                    unhomed,
                     op_seq: 0,
                     open: HashMap::new(),
                 }),
@@ -462,6 +523,7 @@ impl Fs {
                 metrics,
                 commit_hook: RwLock::new(None),
                 lease: ReadLease::default(),
+                cuts: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -1130,6 +1192,15 @@ impl Fs {
     }
 }
 
+/// True for the records after which the RW may reuse blocks a reader
+/// planned to read (once the RO publishes an lsn past them).
+fn frees_blocks(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Truncate { .. } | Op::FreeOrphan { .. } | Op::ReleasePending { .. }
+    )
+}
+
 /// Records in `ch` what applying `op` to `st` will change; called before
 /// the op is applied, so removed and replaced names still resolve.
 fn note_change(st: &State, op: &Op, ch: &mut Changes) {
@@ -1272,11 +1343,15 @@ impl Inner {
     /// commits for all who queued before it), and the data of small writes
     /// queued with them. With `force_ckpt`, also writes a checkpoint.
     ///
-    /// Device writes: a small transaction goes out in one batch of
-    /// concurrent writes: the header (carrying the records inline), the
-    /// ring copy, and the queued data, guarded by a `DataCrc` record
-    /// (`crate::pending`). Otherwise the data first, then the ring, then
-    /// the header. A checkpoint adds 2.
+    /// Device writes: queued data of at most [`JOURNAL_MAX_BYTES`] is
+    /// *journaled*: it rides in the transaction's data area, so a small
+    /// transaction is one batch of two writes, both in chunk 0: the header
+    /// (carrying the records inline) and the ring copy (records + data).
+    /// The bytes go home before the next checkpoint. Larger queued data
+    /// goes home in the same batch under a `DataCrc` guard
+    /// (`crate::pending`), or first (ordered). A large transaction: data,
+    /// then ring, then header. A checkpoint adds the home writes of the
+    /// journaled bytes (one batch), the slot and the header.
     pub(crate) fn commit(&self, upto: u64, force_ckpt: bool) -> Result<()> {
         let mut j = self.journal.lock();
         if j.committed_seq >= upto && !force_ckpt {
@@ -1285,32 +1360,67 @@ impl Inner {
         self.check_writable()?;
         let sb = &self.sb;
         let h = j.header;
-        let (txn, new_end, snapshot, last_seq, data, guard) = {
+        let (txn, new_end, snapshot, last_seq, data, guard, journaled, small) = {
             let mut m = self.meta.write();
             let mut ops = std::mem::take(&mut m.pending);
             m.pending_bytes = 0;
-            let data = m.data.take();
+            let mut data = m.data.take();
             let last_seq = m.op_seq;
             if ops.is_empty() && data.is_empty() && !force_ckpt {
                 j.committed_seq = last_seq;
                 return Ok(());
             }
+            if force_ckpt && ops.is_empty() && !m.unhomed.is_empty() {
+                // This checkpoint homes journaled bytes; RO mounts overlay
+                // them until they see `start` move, and they only look
+                // when pushed a new end: make one.
+                ops.push(Op::DataCrc { ranges: Vec::new() });
+            }
             let data_bytes: usize = data.iter().map(|(_, d)| d.len()).sum();
-            let guard: Vec<(u64, u64)> = if !ops.is_empty()
-                && !data.is_empty()
-                && data_bytes <= GUARD_MAX_BYTES
-                && data.len() <= GUARD_MAX_RANGES
-            {
-                ops.push(Op::DataCrc {
-                    ranges: data
-                        .iter()
-                        .map(|(o, d)| (*o, d.len() as u32, crc32c::crc32c(d)))
-                        .collect(),
-                });
-                data.iter().map(|(o, d)| (*o, d.len() as u64)).collect()
-            } else {
-                Vec::new()
+            // Data overwriting journaled bytes not yet home is journaled
+            // whatever its size if the ring has room (else see below).
+            let over_unhomed = data
+                .iter()
+                .any(|(o, d)| m.unhomed.overlaps(*o, d.len() as u64));
+            let journal_size = {
+                let ops_bytes: usize = ops.iter().map(Op::encoded_len).sum();
+                journal::txn_len(ops_bytes + JOURNALED_RECORD * data.len())
+                    + journal::data_area_len(data_bytes)
             };
+            let journaled = !data.is_empty()
+                && (over_unhomed || (data_bytes <= JOURNAL_MAX_BYTES && journal_small_data()))
+                && h.end + journal_size - h.start <= sb.ring_size;
+            if journaled {
+                ops.extend(data.drain(..).map(|(dev_off, d)| Op::Journaled {
+                    dev_off,
+                    len: d.len() as u32,
+                    data: d,
+                }));
+            }
+            // Data going home directly lists its ranges in a `DataCrc`:
+            // small enough, it goes out with the header under that guard;
+            // over journaled bytes not yet home, the record also tells
+            // replay (and RO overlays) that home has newer bytes there
+            // than the ring, and those ranges leave `unhomed` now, so no
+            // homing writes the older bytes over them.
+            let small = data_bytes <= GUARD_MAX_BYTES && data.len() <= GUARD_MAX_RANGES;
+            if over_unhomed && !journaled {
+                for (o, d) in &data {
+                    m.unhomed.remove_range(*o, d.len() as u64);
+                }
+            }
+            let guard: Vec<(u64, u64)> =
+                if !data.is_empty() && ((!ops.is_empty() && small) || over_unhomed) {
+                    ops.push(Op::DataCrc {
+                        ranges: data
+                            .iter()
+                            .map(|(o, d)| (*o, d.len() as u32, crc32c::crc32c(d)))
+                            .collect(),
+                    });
+                    data.iter().map(|(o, d)| (*o, d.len() as u64)).collect()
+                } else {
+                    Vec::new()
+                };
             let (txn, new_end, fits) = if ops.is_empty() {
                 (None, h.end, true)
             } else {
@@ -1319,6 +1429,16 @@ impl Inner {
                 let fits = new_end - h.start <= sb.ring_size;
                 (Some(txn), new_end, fits)
             };
+            if journaled {
+                // Readers on this mount see the bytes from now on; the
+                // checkpoint that moves `start` past `new_end` homes them.
+                for op in &ops {
+                    if let Op::Journaled { dev_off, data, .. } = op {
+                        m.unhomed.insert_tagged(*dev_off, data.clone(), new_end);
+                    }
+                }
+                self.metrics.unhomed_bytes.set(m.unhomed.bytes() as i64);
+            }
             m.st.stamp(new_end);
             let want_ckpt = force_ckpt || !fits || new_end - h.start > sb.ring_size / 2;
             let snapshot = want_ckpt.then(|| m.st.encode());
@@ -1329,6 +1449,8 @@ impl Inner {
                 last_seq,
                 data,
                 guard,
+                journaled,
+                small,
             )
         };
         let had_txn = txn.is_some();
@@ -1349,7 +1471,7 @@ impl Inner {
             };
             // Only a transaction the header carries can be guarded: readers
             // check the guard of the header's inline transaction.
-            let concurrent = !guard.is_empty() && !inline.is_empty();
+            let concurrent = !guard.is_empty() && small && !inline.is_empty();
             if !concurrent && !data_writes.is_empty() {
                 self.dev.write_many(&data_writes)?;
             }
@@ -1358,6 +1480,11 @@ impl Inner {
                     seq: j.header.seq + 1,
                     end: new_end,
                     inline_len: inline.len() as u32,
+                    inline_data: if inline.is_empty() {
+                        0
+                    } else {
+                        crate::encoding::le32(inline, 32)
+                    },
                     ..j.header
                 };
                 if inline.is_empty() {
@@ -1367,8 +1494,10 @@ impl Inner {
                     // One batch: the header carries the records, so it and
                     // the ring copy (complete before the next commit, which
                     // no longer inlines this one) go out together, and so
-                    // does guarded data. Header first: a device that writes
-                    // in order (the crash tests) then tears after it.
+                    // does guarded data. Journaled data is in the ring copy,
+                    // whose data area's crc the header's records carry.
+                    // Header first: a device that writes in order (the
+                    // crash tests) then tears after it.
                     let (hoff, hbytes) = journal::header_write(sb, &nh, inline);
                     let mut writes = vec![(hoff, hbytes.as_slice())];
                     writes.extend(journal::ring_writes(sb, h.end, txn));
@@ -1381,12 +1510,20 @@ impl Inner {
                 if concurrent {
                     self.metrics.guarded_commits_total.inc();
                 }
-                j.last_guard = if concurrent { guard } else { Vec::new() };
+                if journaled {
+                    self.metrics.journaled_commits_total.inc();
+                }
+                // Readers check the inline transaction's `DataCrc` whether
+                // or not its data went out with the header.
+                j.last_guard = if inline.is_empty() { Vec::new() } else { guard };
                 j.committed_seq = last_seq;
                 self.metrics.commits_total.inc();
                 self.metrics.journal_bytes_total.inc_by(txn.len() as u64);
             }
             if let Some(snap) = &snapshot {
+                // Every journaled byte must be home before `start` moves
+                // past the ring copy that holds it.
+                self.home(&mut j)?;
                 let slot = 1 - j.header.ckpt_slot;
                 checkpoint::write(&*self.dev, sb, slot, new_end, snap)?;
                 let nh = JournalHeader {
@@ -1395,10 +1532,16 @@ impl Inner {
                     end: new_end,
                     ckpt_slot: slot,
                     inline_len: 0,
+                    inline_data: 0,
                 };
                 journal::write_header(&*self.dev, sb, &nh, &[])?;
                 j.header = nh;
                 j.last_guard.clear();
+                {
+                    let mut m = self.meta.write();
+                    m.unhomed.clear();
+                    self.metrics.unhomed_bytes.set(0);
+                }
                 self.metrics.checkpoints_total.inc();
                 tracing::debug!(
                     lsn = new_end,
@@ -1422,7 +1565,8 @@ impl Inner {
         if let Err(e) = result {
             self.poison(&e);
             // Reads on this (now read-only) mount keep seeing the bytes
-            // that did not make it, as they see the records' effects.
+            // that did not make it, as they see the records' effects
+            // (journaled bytes are in `unhomed` already).
             let mut m = self.meta.write();
             for (o, d) in data {
                 if !m.data.overlaps(o, d.len() as u64) {
@@ -1445,6 +1589,29 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes every journaled byte not yet home to its home block (one
+    /// batch of concurrent writes, adjacent ranges merged). They stay in
+    /// `unhomed` until the checkpoint header is durable: a direct write
+    /// into them meanwhile must still wait for that checkpoint.
+    fn home(&self, j: &mut JournalState) -> Result<()> {
+        let segs = self.meta.read().unhomed.copy_merged();
+        if segs.is_empty() {
+            return Ok(());
+        }
+        if segs
+            .iter()
+            .any(|(o, d)| pending::overlaps_any(&j.last_guard, *o, d.len() as u64))
+        {
+            self.seal(j)?;
+        }
+        let writes: Vec<(u64, &[u8])> = segs.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        self.dev.write_many(&writes)?;
+        self.metrics
+            .homed_bytes_total
+            .inc_by(segs.iter().map(|(_, d)| d.len() as u64).sum());
+        Ok(())
+    }
+
     /// Rewrites the newest header without its inline transaction, whose
     /// ring copy is complete by now: readers stop checking that
     /// transaction's data guard, so its ranges may be written again.
@@ -1453,6 +1620,7 @@ impl Inner {
             let nh = JournalHeader {
                 seq: j.header.seq + 1,
                 inline_len: 0,
+                inline_data: 0,
                 ..j.header
             };
             journal::write_header(&*self.dev, &self.sb, &nh, &[])?;
@@ -1465,8 +1633,11 @@ impl Inner {
 
     /// Called before data is written straight to the device (not queued):
     /// older queued bytes for the same ranges are committed first (else
-    /// they would land later, over the newer ones), and a newest
-    /// transaction guarding any of the ranges is sealed.
+    /// they would land later, over the newer ones); journaled bytes not
+    /// yet home in the ranges are homed by a checkpoint first (else the
+    /// next checkpoint, or a replay after a crash, would put them back
+    /// over the newer ones); and a newest transaction guarding any of the
+    /// ranges is sealed.
     ///
     /// # Errors
     /// Commit and device errors.
@@ -1474,11 +1645,16 @@ impl Inner {
         if ranges.is_empty() {
             return Ok(());
         }
-        let queued = {
+        let (queued, journaled) = {
             let m = self.meta.read();
-            ranges.iter().any(|&(o, l)| m.data.overlaps(o, l))
+            (
+                ranges.iter().any(|&(o, l)| m.data.overlaps(o, l)),
+                ranges.iter().any(|&(o, l)| m.unhomed.overlaps(o, l)),
+            )
         };
-        if queued {
+        if journaled {
+            self.commit(self.op_seq(), true)?;
+        } else if queued {
             self.commit(self.op_seq(), false)?;
         }
         let mut j = self.journal.lock();
@@ -1506,13 +1682,20 @@ impl Inner {
         for _ in 0..10 {
             // A newest transaction whose data is still in flight is left
             // for the next call (the RW notifies once its fsync returns).
-            let (h, inline, _) = journal::read_trusted_header(dev, sb)?;
+            let (h, inline, _, tail) = journal::read_trusted_header_parsed(dev, sb)?;
             let applied = j.header.end;
             if !j.stale && h.start <= applied && applied <= h.end {
                 if h.end == applied {
+                    if h.start > j.header.start {
+                        // A checkpoint alone: what it homed is home.
+                        let mut m = self.meta.write();
+                        m.unhomed.drop_upto(h.start);
+                        self.metrics.unhomed_bytes.set(m.unhomed.bytes() as i64);
+                        j.header = h;
+                    }
                     return Ok(applied);
                 }
-                match read_txns(dev, sb, applied, &h, &inline) {
+                match read_txns_with(dev, sb, applied, &h, &inline, Some(tail)) {
                     Ok(txns) => {
                         // The ring bytes we read were intact if the RW had
                         // not yet moved `start` past them.
@@ -1523,10 +1706,22 @@ impl Inner {
                                 Some(ch) => apply_txns_noting(&mut m.st, &txns, ch),
                                 None => apply_txns(&mut m.st, &txns),
                             };
+                            // Bumped before anything is published (the lsn
+                            // after `j.header` moves), so before the RW
+                            // can reuse a cut block.
+                            if txns.iter().any(|(_, ops)| ops.iter().any(frees_blocks)) {
+                                self.cuts.fetch_add(1, Ordering::SeqCst);
+                            }
                             if let Err(e) = applied {
                                 j.stale = true;
                                 return Err(e);
                             }
+                            // New journaled bytes overlay the device until
+                            // a checkpoint (`start` past them) says home.
+                            feed_journaled(&mut m.unhomed, &txns);
+                            m.unhomed.drop_upto(h.start);
+                            self.metrics.unhomed_bytes.set(m.unhomed.bytes() as i64);
+                            drop(m);
                             j.header = h;
                             self.metrics.lsn.set(h.end);
                             return Ok(h.end);
@@ -1541,10 +1736,15 @@ impl Inner {
             // Lagged past the ring (or first call after a reload): start
             // again from the checkpoint the header names.
             match load(dev, sb, &h, &inline) {
-                Ok(st) => {
+                Ok((st, unhomed)) => {
                     let h2 = journal::read_header(dev, sb)?;
                     if h2.start <= h.start {
-                        self.meta.write().st = st;
+                        let mut m = self.meta.write();
+                        self.cuts.fetch_add(1, Ordering::SeqCst);
+                        m.st = st;
+                        self.metrics.unhomed_bytes.set(unhomed.bytes() as i64);
+                        m.unhomed = unhomed;
+                        drop(m);
                         j.header = h;
                         j.stale = false;
                         if let Some(ch) = changes.as_deref_mut() {
@@ -1679,3 +1879,20 @@ pub const ROOT_INO: Ino = ROOT;
 const GUARD_MAX_BYTES: usize = 256 << 10;
 /// Most ranges one guard lists (each costs 16 bytes of the inline frame).
 const GUARD_MAX_RANGES: usize = 32;
+/// Most queued data bytes a commit journals (puts in the ring with its
+/// records, to be written home before the next checkpoint); more goes
+/// home at once, as its transfer dwarfs a round trip and would double
+/// its write cost. Data overwriting journaled bytes not yet home is
+/// journaled whatever its size (when the ring has room).
+const JOURNAL_MAX_BYTES: usize = 64 << 10;
+/// Encoded size of one `Journaled` record (type, offset, length).
+const JOURNALED_RECORD: usize = 1 + 8 + 4;
+
+/// Whether small queued data is journaled (the default). The environment
+/// variable `PIKAFS_FS_JOURNAL_DATA=0` turns it off for A/B measurements
+/// (small data then goes home in the commit's batch under the data
+/// guard); data over journaled bytes not yet home is journaled anyway.
+fn journal_small_data() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PIKAFS_FS_JOURNAL_DATA").map_or(true, |v| v != "0"))
+}

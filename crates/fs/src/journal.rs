@@ -1,14 +1,18 @@
 //! The metadata journal: two header slots and a ring of transactions.
 //!
 //! A transaction is a run of whole sectors at a 4 KiB-aligned lsn in the
-//! ring: a 32-byte header (magic, crc32c, lsn, length, record count, fs id)
-//! then the records. It is committed by writing a journal header whose
+//! ring: a 40-byte header (magic, crc32c, lsn, length, record count, fs id,
+//! data length, data crc32c) then the records, padded to sectors, then
+//! its *data area* (the bytes of its `Journaled` records, padded). It is
+//! committed by writing a journal header whose
 //! `end` lies past it; headers alternate between two slots by `seq`, so a
 //! torn header write leaves the previous one intact. Readers trust only
 //! `[start, end)` of the newest valid header. A small transaction is also
 //! copied into its header (inline commit), so the ring and header writes
 //! can be issued together; readers then take the newest transaction from
-//! the header and only older ones from the ring.
+//! the header and only older ones from the ring; the inline transaction's
+//! data area is only in the ring, so its crc guards the header (a header
+//! whose inline transaction's data is torn is not trusted).
 
 use crate::device::BlockDevice;
 use crate::encoding::{le32, le64, put32, put64, Dec, Enc};
@@ -18,7 +22,7 @@ use crate::superblock::{Superblock, HEADER_OFF, RING_OFF, SECTOR};
 
 const JH_MAGIC: &[u8; 8] = b"PIKAFSJH";
 const TX_MAGIC: u32 = u32::from_le_bytes(*b"PJTX");
-pub(crate) const TX_HDR: usize = 32;
+pub(crate) const TX_HDR: usize = 40;
 
 /// Where a header keeps its inline copy of the newest transaction.
 const INLINE_OFF: usize = 64;
@@ -40,6 +44,10 @@ pub(crate) struct JournalHeader {
     /// transaction are issued together: the header alone makes it durable,
     /// and the ring copy is complete before the next commit starts.
     pub inline_len: u32,
+    /// Bytes in the data area of the inline transaction (unpadded; 0 when
+    /// none or no inline transaction). The area follows the transaction's
+    /// ring copy of its records.
+    pub inline_data: u32,
 }
 
 impl JournalHeader {
@@ -49,7 +57,9 @@ impl JournalHeader {
         if self.inline_len == 0 {
             self.end
         } else {
-            self.end - txn_len(self.inline_len as usize - TX_HDR)
+            self.end
+                - txn_len(self.inline_len as usize - TX_HDR)
+                - data_area_len(self.inline_data as usize)
         }
     }
 
@@ -63,6 +73,7 @@ impl JournalHeader {
         put64(&mut b, 40, self.end);
         put32(&mut b, 48, self.ckpt_slot);
         put32(&mut b, 52, self.inline_len);
+        put32(&mut b, 56, self.inline_data);
         b[INLINE_OFF..INLINE_OFF + inline.len()].copy_from_slice(inline);
         let crc = crc32c::crc32c(&b[..4092]);
         put32(&mut b, 4092, crc);
@@ -82,15 +93,21 @@ impl JournalHeader {
             end: le64(b, 40),
             ckpt_slot: le32(b, 48),
             inline_len: le32(b, 52),
+            inline_data: le32(b, 56),
         };
         let il = h.inline_len as usize;
         let sane = h.start <= h.end
             && h.end - h.start <= sb.ring_size
             && h.ckpt_slot < 2
             && h.start.is_multiple_of(SECTOR)
-            && (il == 0
-                || ((TX_HDR..=INLINE_MAX).contains(&il)
-                    && txn_len(il - TX_HDR) <= h.end - h.start));
+            && (if il == 0 {
+                h.inline_data == 0
+            } else {
+                (TX_HDR..=INLINE_MAX).contains(&il)
+                    && le32(b, INLINE_OFF + 32) == h.inline_data
+                    && txn_len(il - TX_HDR) + data_area_len(h.inline_data as usize)
+                        <= h.end - h.start
+            });
         sane.then(|| (h, b[INLINE_OFF..INLINE_OFF + il].to_vec()))
     }
 }
@@ -139,36 +156,78 @@ pub(crate) fn header_write(sb: &Superblock, h: &JournalHeader, inline: &[u8]) ->
     (HEADER_OFF + (h.seq % 2) * SECTOR, h.encode(sb, inline))
 }
 
-/// Checks the data guard of the header's inline transaction: every range
-/// named by its `Op::DataCrc` records must hold the bytes it was written
-/// with. A transaction whose data went out concurrently with its header
-/// is trusted only then (see `crate::pending`).
+/// Parses the header's inline transaction, with its data area read from
+/// the ring (right after where its ring copy of the records sits). The
+/// outer error is a device error; the inner one says the transaction is
+/// not whole: a `Mismatch` when its data area fails its crc (torn, or
+/// not yet landed, or overwritten by a later lap).
 ///
 /// # Errors
-/// Device errors, or [`FsError::Corrupt`] when the inline frame does not
-/// parse.
+/// Device errors.
+pub(crate) fn inline_txns(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    h: &JournalHeader,
+    inline: &[u8],
+) -> Result<Result<Vec<ParsedTxn>, TxnError>, FsError> {
+    if inline.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    let ring_end = h.ring_end();
+    let mut buf = pad_frame(inline);
+    if h.inline_data > 0 {
+        let area = data_area_len(h.inline_data as usize);
+        buf.extend_from_slice(&read_ring(dev, sb, ring_end + buf.len() as u64, area)?);
+    }
+    Ok(parse_txns(sb, &buf, ring_end))
+}
+
+/// Whether the header's inline transaction is trusted: [`verified_inline`]
+/// found it whole.
+#[cfg(test)]
 pub(crate) fn verify_guard(
     dev: &dyn BlockDevice,
     sb: &Superblock,
     h: &JournalHeader,
     inline: &[u8],
 ) -> Result<bool, FsError> {
-    if inline.is_empty() {
-        return Ok(true);
-    }
-    let txns = parse_txns(sb, &pad_frame(inline), h.ring_end())?;
+    Ok(verified_inline(dev, sb, h, inline)?.is_some())
+}
+
+/// Checks the guards of the header's inline transaction and returns it
+/// parsed when it is trusted (`None` when not): its data area in the
+/// ring must match its crc (journaled data goes out with the header), and
+/// every range named by its `Op::DataCrc` records must hold the bytes it
+/// was written with (guarded data goes out with the header). A
+/// transaction whose writes went out concurrently with its header is
+/// trusted only then (see `crate::pending`).
+///
+/// # Errors
+/// Device errors, or [`FsError::Corrupt`] when the inline frame does not
+/// parse.
+pub(crate) fn verified_inline(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    h: &JournalHeader,
+    inline: &[u8],
+) -> Result<Option<Vec<ParsedTxn>>, FsError> {
+    let txns = match inline_txns(dev, sb, h, inline)? {
+        Ok(t) => t,
+        Err(TxnError::Mismatch { .. }) => return Ok(None),
+        Err(TxnError::Corrupt(e)) => return Err(e),
+    };
     for (_, ops) in &txns {
         for op in ops {
             if let Op::DataCrc { ranges } = op {
                 for &(off, len, crc) in ranges {
                     if crc32c::crc32c(&dev.read_at(off, len as usize)?) != crc {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
         }
     }
-    Ok(true)
+    Ok(Some(txns))
 }
 
 /// The newest header as far as it can be trusted, with its inline frame:
@@ -177,21 +236,35 @@ pub(crate) fn verify_guard(
 /// Returns whether it was cut.
 ///
 /// # Errors
-/// As [`read_header_full`] and [`verify_guard`].
+/// As [`read_header_full`] and [`verified_inline`].
 pub(crate) fn read_trusted_header(
     dev: &dyn BlockDevice,
     sb: &Superblock,
 ) -> Result<(JournalHeader, Vec<u8>, bool), FsError> {
+    let (h, inline, cut, _) = read_trusted_header_parsed(dev, sb)?;
+    Ok((h, inline, cut))
+}
+
+/// [`read_trusted_header`] plus the parsed inline transaction (empty
+/// when there is none).
+///
+/// # Errors
+/// As [`read_trusted_header`].
+pub(crate) fn read_trusted_header_parsed(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+) -> Result<(JournalHeader, Vec<u8>, bool, Vec<ParsedTxn>), FsError> {
     let (h, inline) = read_header_full(dev, sb)?;
-    if verify_guard(dev, sb, &h, &inline)? {
-        return Ok((h, inline, false));
+    if let Some(tail) = verified_inline(dev, sb, &h, &inline)? {
+        return Ok((h, inline, false, tail));
     }
     let cut = JournalHeader {
         end: h.ring_end(),
         inline_len: 0,
+        inline_data: 0,
         ..h
     };
-    Ok((cut, Vec::new(), true))
+    Ok((cut, Vec::new(), true, Vec::new()))
 }
 
 /// The unpadded frame of an encoded transaction (what a header inlines).
@@ -206,11 +279,19 @@ pub(crate) fn pad_frame(frame: &[u8]) -> Vec<u8> {
     padded
 }
 
-/// Encodes a transaction of `ops` at `lsn`, padded to whole sectors.
+/// Encodes a transaction of `ops` at `lsn` as it sits in the ring: the
+/// frame padded to whole sectors, then the data area (the bytes of its
+/// `Journaled` records in order, padded).
 pub(crate) fn encode_txn(sb: &Superblock, lsn: Lsn, ops: &[Op]) -> Vec<u8> {
     let mut e = Enc(vec![0u8; TX_HDR]);
+    let mut data_len = 0usize;
+    let mut data_crc = 0u32;
     for op in ops {
         op.encode(&mut e);
+        if let Op::Journaled { data, .. } = op {
+            data_len += data.len();
+            data_crc = crc32c::crc32c_append(data_crc, data);
+        }
     }
     let mut b = e.0;
     let len = b.len() - TX_HDR;
@@ -219,16 +300,36 @@ pub(crate) fn encode_txn(sb: &Superblock, lsn: Lsn, ops: &[Op]) -> Vec<u8> {
     put32(&mut b, 16, len as u32);
     put32(&mut b, 20, ops.len() as u32);
     put64(&mut b, 24, sb.fs_id());
+    put32(&mut b, 32, data_len as u32);
+    put32(&mut b, 36, data_crc);
     let crc = crc32c::crc32c(&b[8..]);
     put32(&mut b, 4, crc);
     b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    if data_len > 0 {
+        b.reserve(data_area_len(data_len) as usize);
+        for op in ops {
+            if let Op::Journaled { data, .. } = op {
+                b.extend_from_slice(data);
+            }
+        }
+        b.resize(b.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    }
     b
 }
 
-/// Size of a transaction on the ring.
+/// Size of a transaction's records on the ring (its data area follows).
 pub(crate) fn txn_len(ops_bytes: usize) -> u64 {
     ((TX_HDR + ops_bytes) as u64).div_ceil(SECTOR) * SECTOR
 }
+
+/// Size on the ring of a data area holding `bytes` journaled bytes.
+pub(crate) fn data_area_len(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(SECTOR) * SECTOR
+}
+
+/// A parsed transaction: its end lsn and records (`Journaled` ones with
+/// their bytes).
+pub(crate) type ParsedTxn = (Lsn, Vec<Op>);
 
 /// Why a transaction in a ring image was not accepted.
 #[derive(Debug)]
@@ -258,7 +359,7 @@ pub(crate) fn parse_txns(
     sb: &Superblock,
     buf: &[u8],
     start: Lsn,
-) -> Result<Vec<(Lsn, Vec<Op>)>, TxnError> {
+) -> Result<Vec<ParsedTxn>, TxnError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < buf.len() {
@@ -287,14 +388,43 @@ pub(crate) fn parse_txns(
         if crc32c::crc32c(&rest[8..TX_HDR + len]) != le32(rest, 4) {
             return Err(mismatch("crc mismatch".into()));
         }
+        let data_len = le32(rest, 32) as usize;
+        let frame = txn_len(len) as usize;
+        let total = frame as u64 + data_area_len(data_len);
+        if total > rest.len() as u64 {
+            return Err(mismatch(format!(
+                "data area of {data_len} bytes runs past the committed end"
+            )));
+        }
+        let area = &rest[frame..frame + data_len];
+        if crc32c::crc32c(area) != le32(rest, 36) {
+            return Err(mismatch("data area crc mismatch".into()));
+        }
         let nops = le32(rest, 20);
         let mut d = Dec::new(&rest[TX_HDR..TX_HDR + len], "journal transaction");
         let mut ops = Vec::with_capacity(nops.min(1 << 16) as usize);
+        let mut used = 0usize;
         for _ in 0..nops {
-            ops.push(Op::decode(&mut d).map_err(TxnError::Corrupt)?);
+            let mut op = Op::decode(&mut d).map_err(TxnError::Corrupt)?;
+            if let Op::Journaled { len, data, .. } = &mut op {
+                let n = *len as usize;
+                if used + n > data_len {
+                    return Err(TxnError::Corrupt(FsError::corrupt(format!(
+                        "journaled data at lsn {lsn} exceeds its data area"
+                    ))));
+                }
+                *data = area[used..used + n].to_vec();
+                used += n;
+            }
+            ops.push(op);
         }
         d.finish().map_err(TxnError::Corrupt)?;
-        let total = txn_len(len) as usize;
+        if used != data_len {
+            return Err(TxnError::Corrupt(FsError::corrupt(format!(
+                "transaction at lsn {lsn} has {data_len} data bytes, its records name {used}"
+            ))));
+        }
+        let total = total as usize;
         at += total;
         out.push((start + at as u64, ops));
     }
@@ -423,6 +553,7 @@ mod tests {
             end: 4096,
             ckpt_slot: 0,
             inline_len: 0,
+            inline_data: 0,
         };
         // h2 carries its transaction inline.
         let t = encode_txn(&sb, 4096, &[op(7)]);
@@ -433,6 +564,7 @@ mod tests {
             end: 8192,
             ckpt_slot: 0,
             inline_len: frame.len() as u32,
+            inline_data: 0,
         };
         write_header(&dev, &sb, &h1, &[]).unwrap();
         write_header(&dev, &sb, &h2, frame).unwrap();
@@ -447,5 +579,70 @@ mod tests {
         // A torn (garbled) newest slot falls back to the previous header.
         dev.write_at(HEADER_OFF, &[0x55; 100]).unwrap();
         assert_eq!(read_header(&dev, &sb).unwrap(), h1);
+    }
+
+    /// A transaction with journaled data: the header inlines its records,
+    /// the ring holds records and data; the header is trusted only when
+    /// the data area is whole, and a ring read returns the bytes.
+    #[test]
+    fn journaled_data_rides_in_the_ring_and_guards_the_header() {
+        let sb = sb();
+        let dev = CrashDevice::new(8 << 20);
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let ops = vec![
+            op(1),
+            Op::Journaled {
+                dev_off: 1 << 20,
+                len: 5000,
+                data: data.clone(),
+            },
+            Op::Journaled {
+                dev_off: 7,
+                len: 3,
+                data: vec![9, 8, 7],
+            },
+        ];
+        // Near the ring's end, so the data area wraps.
+        let lsn = sb.ring_size * 2 - SECTOR;
+        let t = encode_txn(&sb, lsn, &ops);
+        assert_eq!(t.len() as u64, SECTOR + data_area_len(5003));
+        let frame = txn_frame(&t);
+        let h = JournalHeader {
+            seq: 5,
+            start: lsn,
+            end: lsn + t.len() as u64,
+            ckpt_slot: 0,
+            inline_len: frame.len() as u32,
+            inline_data: 5003,
+        };
+        assert_eq!(h.ring_end(), lsn);
+        write_header(&dev, &sb, &h, frame).unwrap();
+        // The header landed, the ring did not: not trusted.
+        assert!(!verify_guard(&dev, &sb, &h, frame).unwrap());
+        let (cut, inline, was_cut) = read_trusted_header(&dev, &sb).unwrap();
+        assert!(was_cut && inline.is_empty() && cut.end == lsn && cut.inline_data == 0);
+        // The records landed but the data is torn: still not trusted.
+        write_ring(&dev, &sb, lsn, &t[..SECTOR as usize]).unwrap();
+        assert!(!verify_guard(&dev, &sb, &h, frame).unwrap());
+        write_ring(&dev, &sb, lsn, &t).unwrap();
+        assert!(verify_guard(&dev, &sb, &h, frame).unwrap());
+        let (got, inline, was_cut) = read_trusted_header(&dev, &sb).unwrap();
+        assert!(!was_cut);
+        assert_eq!(got, h);
+        let want = vec![(h.end, ops.clone())];
+        assert_eq!(
+            inline_txns(&dev, &sb, &got, &inline).unwrap().unwrap(),
+            want
+        );
+        // Read back from the ring (as after the next header), wrapping.
+        let buf = read_ring(&dev, &sb, lsn, t.len() as u64).unwrap();
+        assert_eq!(parse_txns(&sb, &buf, lsn).unwrap(), want);
+        // A damaged data byte is a mismatch, never data.
+        let mut bad = buf.clone();
+        bad[SECTOR as usize + 10] ^= 1;
+        assert!(matches!(
+            parse_txns(&sb, &bad, lsn),
+            Err(TxnError::Mismatch { .. })
+        ));
     }
 }

@@ -29,7 +29,10 @@
 //!   durable or carrying a copy of them (inline commit), so a crash at any
 //!   point recovers on mount and an RO never applies half a transaction;
 //! - ordered mode: file data reaches its blocks before the records that
-//!   map them or extend the size are committed;
+//!   map them or extend the size are committed, or it is in the journal
+//!   with them (small writes, `data=journal`): then it is written home
+//!   before a checkpoint moves the journal start past it, and readers
+//!   (RW and RO) overlay it until then;
 //! - an inode turns orphan only when its last name goes (hard links); its
 //!   blocks, and those freed by truncate, are not reused until
 //!   [`Fs::release_orphans`] says no reader can still see them;

@@ -472,6 +472,8 @@ impl State {
             }
             // Checked by readers of the newest transaction, not state.
             Op::DataCrc { .. } => {}
+            // Data, not metadata: overlaid by readers until it is home.
+            Op::Journaled { .. } => {}
         }
         Ok(())
     }

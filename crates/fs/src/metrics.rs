@@ -23,6 +23,14 @@ pub struct Metrics {
     /// RW: headers rewritten to seal a guarded transaction before its
     /// ranges were written again.
     pub seals_total: Counter<u64, AtomicU64>,
+    /// RW: commits whose small data rode in the journal ring (`Journaled`).
+    pub journaled_commits_total: Counter<u64, AtomicU64>,
+    /// RW: journaled bytes written to their home blocks (before a
+    /// checkpoint; adjacent ranges merged).
+    pub homed_bytes_total: Counter<u64, AtomicU64>,
+    /// Journaled bytes held in memory until they are known home (RW: the
+    /// next checkpoint writes them; RO: the overlay reads see).
+    pub unhomed_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// RO mounts that had to reload from a checkpoint (lagged a ring).
     pub ro_reloads_total: Counter<u64, AtomicU64>,
     /// Committed (RW) or applied (RO) journal lsn.
@@ -50,6 +58,9 @@ impl Default for Metrics {
             checkpoints_total: Counter::default(),
             guarded_commits_total: Counter::default(),
             seals_total: Counter::default(),
+            journaled_commits_total: Counter::default(),
+            homed_bytes_total: Counter::default(),
+            unhomed_bytes: Gauge::default(),
             ro_reloads_total: Counter::default(),
             lsn: Gauge::default(),
             notify_pushes_total: Counter::default(),
@@ -95,6 +106,21 @@ impl Metrics {
             "seals",
             "Headers rewritten to seal a guarded transaction",
             self.seals_total.clone(),
+        );
+        r.register(
+            "journaled_commits",
+            "Commits whose small data writes rode in the journal ring",
+            self.journaled_commits_total.clone(),
+        );
+        r.register(
+            "homed_bytes",
+            "Journaled bytes written to their home blocks before a checkpoint",
+            self.homed_bytes_total.clone(),
+        );
+        r.register(
+            "unhomed_bytes",
+            "Journaled bytes held in memory until known home",
+            self.unhomed_bytes.clone(),
         );
         r.register(
             "ro_reloads",

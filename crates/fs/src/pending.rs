@@ -1,26 +1,35 @@
-//! Small data writes accepted by a RW mount but not yet on the device.
+//! Data bytes a mount holds in memory because the device (at their home
+//! blocks) may not have them yet.
 //!
-//! Why: the WAL pattern (append a few KiB, fsync) would otherwise cost two
-//! replicated round trips in sequence, the data write in `append` and the
-//! journal commit in `fsync`. Small writes are kept here instead and go
-//! out *with* the next commit, in the same batch of concurrent device
-//! writes as the journal header. That breaks ordered mode for that one
-//! transaction (its header may land before its data), so the transaction
-//! carries a CRC32C of every range (`Op::DataCrc`) and readers check it
-//! before trusting the newest transaction (see `journal::verify_guard`).
+//! Two uses of [`PendingData`] (ranges by device offset; a newer write
+//! replaces the overlapped bytes):
+//! - *queued* (RW): small writes accepted by `append`/`pwrite`, waiting
+//!   for the next commit. Why: the WAL pattern (append a few KiB, fsync)
+//!   would otherwise cost two replicated round trips in sequence. The
+//!   commit journals them (the bytes ride in the ring with the records,
+//!   `Op::Journaled`) or, when too many, writes them home in its batch
+//!   under a CRC guard (`Op::DataCrc`, see `journal::verified_inline`).
+//! - *unhomed* (RW and RO): journaled bytes, tagged with the end lsn of
+//!   their transaction, until a checkpoint has written them home and
+//!   moved the journal start past the tag.
 //!
 //! Invariants:
-//! - ranges never overlap (a newer write replaces the overlapped bytes);
-//! - the map and the queued records are drained under the same metadata
-//!   lock, so a committed record never refers to data left behind;
-//! - RW reads copy these bytes over what the device returns.
+//! - ranges never overlap;
+//! - the queued map and the queued records are drained under the same
+//!   metadata lock, so a committed record never refers to data left
+//!   behind;
+//! - reads copy unhomed, then queued bytes over what the device returns.
 
 use std::collections::BTreeMap;
 
-/// Device ranges waiting for the next commit, keyed by device offset.
+use crate::record::Lsn;
+
+/// Device ranges with their bytes, keyed by device offset; each range
+/// carries a tag (the lsn of the transaction that journaled it; 0 for
+/// bytes only queued).
 #[derive(Debug, Default)]
 pub(crate) struct PendingData {
-    segs: BTreeMap<u64, Vec<u8>>,
+    segs: BTreeMap<u64, (Lsn, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -43,6 +52,12 @@ impl PendingData {
     /// Records a write of `data` at `off`, replacing any overlapped bytes
     /// and merging with an adjacent range (appends stay one range).
     pub(crate) fn insert(&mut self, off: u64, data: Vec<u8>) {
+        self.insert_tagged(off, data, 0);
+    }
+
+    /// [`PendingData::insert`] with a tag; ranges merge only with
+    /// neighbours of the same tag.
+    pub(crate) fn insert_tagged(&mut self, off: u64, data: Vec<u8>, tag: Lsn) {
         if data.is_empty() {
             return;
         }
@@ -51,17 +66,18 @@ impl PendingData {
         let end = off + data.len() as u64;
         let mut off = off;
         let mut data = data;
-        if let Some((&l_off, l)) = self.segs.range_mut(..off).next_back() {
-            if l_off + l.len() as u64 == off {
+        if let Some((&l_off, (l_tag, l))) = self.segs.range_mut(..off).next_back() {
+            if l_off + l.len() as u64 == off && *l_tag == tag {
                 l.extend_from_slice(&data);
                 off = l_off;
-                data = self.segs.remove(&l_off).expect("just found");
+                data = self.segs.remove(&l_off).expect("just found").1;
             }
         }
-        if let Some(r) = self.segs.remove(&end) {
+        if self.segs.get(&end).is_some_and(|(t, _)| *t == tag) {
+            let (_, r) = self.segs.remove(&end).expect("just found");
             data.extend_from_slice(&r);
         }
-        self.segs.insert(off, data);
+        self.segs.insert(off, (tag, data));
     }
 
     /// Drops the bytes of `[off, off + len)`, trimming ranges that stick out.
@@ -71,22 +87,22 @@ impl PendingData {
             .segs
             .range(..end)
             .rev()
-            .take_while(|(&s, d)| s + d.len() as u64 > off)
+            .take_while(|(&s, (_, d))| s + d.len() as u64 > off)
             .map(|(&s, _)| s)
             .collect();
         for s in hit {
-            let d = self.segs.remove(&s).expect("just listed");
+            let (tag, d) = self.segs.remove(&s).expect("just listed");
             self.bytes -= d.len();
             let d_end = s + d.len() as u64;
             if s < off {
                 let left = d[..(off - s) as usize].to_vec();
                 self.bytes += left.len();
-                self.segs.insert(s, left);
+                self.segs.insert(s, (tag, left));
             }
             if d_end > end {
                 let right = d[(end - s) as usize..].to_vec();
                 self.bytes += right.len();
-                self.segs.insert(end, right);
+                self.segs.insert(end, (tag, right));
             }
         }
     }
@@ -96,14 +112,14 @@ impl PendingData {
         self.segs
             .range(..off + len)
             .next_back()
-            .is_some_and(|(&s, d)| s + d.len() as u64 > off)
+            .is_some_and(|(&s, (_, d))| s + d.len() as u64 > off)
     }
 
     /// Copies of the held pieces inside `[off, off + len)`, clipped to it.
     pub(crate) fn pieces_in(&self, off: u64, len: u64) -> Vec<(u64, Vec<u8>)> {
         let end = off + len;
         let mut out = Vec::new();
-        for (&s, d) in self.segs.range(..end).rev() {
+        for (&s, (_, d)) in self.segs.range(..end).rev() {
             let d_end = s + d.len() as u64;
             if d_end <= off {
                 break;
@@ -118,7 +134,45 @@ impl PendingData {
     /// Takes everything, in device order.
     pub(crate) fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
         self.bytes = 0;
-        std::mem::take(&mut self.segs).into_iter().collect()
+        std::mem::take(&mut self.segs)
+            .into_iter()
+            .map(|(o, (_, d))| (o, d))
+            .collect()
+    }
+
+    /// Copies of every range in device order, adjacent ranges merged
+    /// whatever their tags (what goes home: one write per run).
+    pub(crate) fn copy_merged(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (&o, (_, d)) in &self.segs {
+            match out.last_mut() {
+                Some((lo, l)) if *lo + l.len() as u64 == o => l.extend_from_slice(d),
+                _ => out.push((o, d.clone())),
+            }
+        }
+        out
+    }
+
+    /// Drops everything.
+    pub(crate) fn clear(&mut self) {
+        self.segs.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops every range tagged at or below `lsn` (journaled bytes that
+    /// are home once a checkpoint moved the journal start to `lsn`).
+    pub(crate) fn drop_upto(&mut self, lsn: Lsn) {
+        let gone: Vec<u64> = self
+            .segs
+            .iter()
+            .filter(|(_, (t, _))| *t <= lsn)
+            .map(|(&o, _)| o)
+            .collect();
+        for o in gone {
+            if let Some((_, d)) = self.segs.remove(&o) {
+                self.bytes -= d.len();
+            }
+        }
     }
 }
 
@@ -148,7 +202,7 @@ mod tests {
         // Ranges are disjoint and non-adjacent after merging only when
         // written adjacently; at least they never overlap.
         let mut last_end = 0;
-        for (&s, d) in &p.segs {
+        for (&s, (_, d)) in &p.segs {
             assert!(s >= last_end, "overlapping ranges");
             last_end = s + d.len() as u64;
         }

@@ -159,8 +159,20 @@ pub(crate) enum Op {
     /// CRC32C of each device range `(offset, len, crc)` written together
     /// with this transaction's header rather than before it. No effect on
     /// the metadata: readers check it before trusting the newest
-    /// transaction (see `journal::verify_guard`).
+    /// transaction (see `journal::verified_inline`).
     DataCrc { ranges: Vec<(u64, u32, u32)> },
+    /// Data journaled with its transaction (ext4 `data=journal` for small
+    /// writes): `len` bytes for device offset `dev_off`. The bytes are
+    /// not in the record but in the transaction's data area, right after
+    /// its records in the ring (in record order, covered by the
+    /// transaction's data crc); `data` holds them once parsed. No effect
+    /// on the metadata: readers overlay the bytes until the RW has
+    /// written them home (before a checkpoint moves `start` past them).
+    Journaled {
+        dev_off: u64,
+        len: u32,
+        data: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -281,6 +293,11 @@ impl Op {
                     e.u32(*crc);
                 }
             }
+            Op::Journaled { dev_off, len, .. } => {
+                e.u8(13);
+                e.u64(*dev_off);
+                e.u32(*len);
+            }
         }
     }
 
@@ -370,6 +387,12 @@ impl Op {
                 }
                 Op::DataCrc { ranges }
             }
+            13 => Op::Journaled {
+                dev_off: d.u64()?,
+                len: d.u32()?,
+                // Filled from the transaction's data area by the parser.
+                data: Vec::new(),
+            },
             t => return Err(FsError::corrupt(format!("unknown journal record type {t}"))),
         })
     }
@@ -479,6 +502,11 @@ mod tests {
             Op::Grow { data_blocks: 77 },
             Op::DataCrc {
                 ranges: vec![(1 << 40, 4096, 0xdead_beef), (7, 1, 0)],
+            },
+            Op::Journaled {
+                dev_off: 1 << 33,
+                len: 0,
+                data: Vec::new(),
             },
         ];
         let mut e = Enc::default();

@@ -10,8 +10,11 @@ pub const SECTOR: u64 = 4096;
 pub(crate) const SB_MAGIC: &[u8; 8] = b"PIKAFSSB";
 /// 2: inodes carry owner, atime, rdev and symlink targets; hard links,
 /// symlinks and special files (`Create` grew, `Link` and `SetAttr`
-/// records). Version 1 images are not read.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// records). 3: journaled data (`Journaled` records whose bytes follow the
+/// transaction in the ring; a 40-byte transaction header with the data
+/// area's length and crc; headers name the inline transaction's data
+/// length). Older images are not read.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// Offset of the two journal header slots (one sector each).
 pub(crate) const HEADER_OFF: u64 = SECTOR;
 /// The journal ring starts after the two header slots.
@@ -21,7 +24,10 @@ pub(crate) const RING_OFF: u64 = 3 * SECTOR;
 /// holds exactly 16, so no block straddles two chunks.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
 const MIN_RING: u64 = 1 << 20;
-const MAX_RING: u64 = 64 << 20;
+/// The ring ends where the volume's first 64 MiB chunk does, so every
+/// commit batch (header + ring copy, with journaled data) stays on one
+/// copyset.
+const MAX_RING: u64 = (64 << 20) - RING_OFF;
 
 /// Knobs of [`crate::mkfs`]; `Default` gives production values.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +35,8 @@ pub struct MkfsOptions {
     /// Data block size: a power of two, at least 4 KiB. Default 4 MiB.
     pub block_size: Option<u64>,
     /// Journal ring size (multiple of 4 KiB). Default 1% of the device,
-    /// clamped to [1 MiB, 64 MiB].
+    /// clamped to [1 MiB, 64 MiB - 12 KiB] (so the ring ends with the
+    /// volume's chunk 0).
     pub journal_size: Option<u64>,
     /// Size of each of the two checkpoint slots. Default: the journal size.
     pub checkpoint_size: Option<u64>,
@@ -198,6 +205,15 @@ mod tests {
             Superblock::decode(&b),
             Err(FsError::Corrupt { .. })
         ));
+    }
+
+    /// The largest default ring ends with the volume's 64 MiB chunk 0, so
+    /// headers and ring copies always go to one copyset.
+    #[test]
+    fn default_ring_stays_in_chunk_0() {
+        let sb = Superblock::layout(100 << 30, &MkfsOptions::default(), [7; 16], 42).unwrap();
+        assert_eq!(RING_OFF + sb.ring_size, 64 << 20);
+        assert_eq!(sb.data_off % sb.block_size, 0);
     }
 
     #[test]
