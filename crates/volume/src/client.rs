@@ -374,6 +374,91 @@ impl VolumeClient {
         Ok(())
     }
 
+    /// Writes several ranges, each with [`VolumeClient::write`]'s guarantee
+    /// once this returns `Ok`. The pieces bound for one chunkserver (by the
+    /// current leader hints) leave in one burst, so that server proposes
+    /// them in one raft round; a piece whose first attempt does not succeed
+    /// is then retried alone, through [`VolumeClient::write`]'s policy.
+    ///
+    /// # Errors
+    /// As [`VolumeClient::write`]; on error some ranges may have been
+    /// written.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`VolumeClient::write`].
+    pub async fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<(), VolumeError> {
+        let (volume, epoch) = (self.inner.volume, self.inner.epoch);
+        let mut pieces: Vec<(Piece, Bytes)> = Vec::new();
+        for &(offset, data) in writes {
+            if data.is_empty() {
+                continue;
+            }
+            self.check_range(offset, data.len()).await?;
+            let buf = Bytes::copy_from_slice(data);
+            for p in split(offset, data.len()) {
+                pieces.push((p, buf.slice(p.buf_offset..p.buf_offset + p.len)));
+            }
+        }
+        // Group by the member each piece would go to first: (address,
+        // (piece, copyset) per request, requests).
+        type Burst = (String, Vec<(usize, CopysetId)>, Vec<Request>);
+        let mut bursts: Vec<Burst> = Vec::new();
+        for (i, (p, data)) in pieces.iter().enumerate() {
+            let (copyset, _, addr, _) = self.pick(Target::Chunk(p.chunk), None);
+            let req = Request::Write {
+                copyset,
+                volume,
+                epoch,
+                chunk: p.chunk,
+                offset: p.chunk_offset,
+                data: data.clone(),
+            };
+            match bursts.iter_mut().find(|b| b.0 == addr) {
+                Some(b) => {
+                    b.1.push((i, copyset));
+                    b.2.push(req);
+                }
+                None => bursts.push((addr, vec![(i, copyset)], vec![req])),
+            }
+        }
+        let timeout = self.inner.opts.request_timeout;
+        let firsts = futures::future::join_all(bursts.iter().map(|(addr, idx, reqs)| async move {
+            let results = match self.inner.pool.get(addr, timeout).await {
+                Ok(conn) => conn.call_many(reqs, timeout).await,
+                Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+            };
+            idx.iter().copied().zip(results).collect::<Vec<_>>()
+        }))
+        .instrument(debug_span!("volume_write_many", volume, n = pieces.len()))
+        .await;
+        // Anything but a plain Ok (an error answer, a lost connection) goes
+        // through the full retry policy; writes are idempotent.
+        let mut again = Vec::new();
+        for ((i, copyset), r) in firsts.into_iter().flatten() {
+            match r {
+                Ok(Response::Ok) => {}
+                Ok(Response::Error {
+                    code: ErrorCode::NotLeader,
+                    aux,
+                    ..
+                }) => {
+                    if aux != 0 && self.is_member(copyset, aux) {
+                        self.set_leader(copyset, aux);
+                    }
+                    again.push(i);
+                }
+                _ => again.push(i),
+            }
+        }
+        futures::future::try_join_all(
+            again
+                .into_iter()
+                .map(|i| self.write_piece(pieces[i].0, pieces[i].1.clone())),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn write_piece(&self, p: Piece, data: Bytes) -> Result<(), VolumeError> {
         let (volume, epoch) = (self.inner.volume, self.inner.epoch);
         let (copyset, resp) = self
@@ -702,6 +787,112 @@ mod tests {
         let seen = log.lock().unwrap();
         assert!(seen[2..].iter().all(|(id, _)| *id == 2), "{seen:?}");
         assert_eq!(seen.len(), 4, "read split into two chunk pieces: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn write_many_retries_refused_pieces_through_the_hint() {
+        let log: Log = Arc::default();
+        let a1 = fake_server(1, log.clone(), |_| {
+            Response::error(ErrorCode::NotLeader, 2, "follower")
+        })
+        .await;
+        let a2 = fake_server(2, log.clone(), |_| Response::Ok).await;
+        let c = client(vec![(1, a1), (2, a2)], 1, opts());
+        let tail = vec![7u8; 10];
+        c.write_many(&[(0, b"head"), (4096, b"ring"), (CHUNK_SIZE - 4, &tail)])
+            .await
+            .unwrap();
+        let seen = log.lock().unwrap().clone();
+        let writes = |server: ServerId| {
+            let mut v: Vec<(u64, u32, Vec<u8>)> = seen
+                .iter()
+                .filter(|(id, _)| *id == server)
+                .map(|(_, r)| match r {
+                    Request::Write {
+                        chunk,
+                        offset,
+                        data,
+                        epoch,
+                        ..
+                    } => {
+                        assert_eq!(*epoch, 3);
+                        (*chunk, *offset, data.to_vec())
+                    }
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let want = vec![
+            (0, 0, b"head".to_vec()),
+            (0, 4096, b"ring".to_vec()),
+            (0, (CHUNK_SIZE - 4) as u32, vec![7; 4]),
+            (1, 0, vec![7; 6]),
+        ];
+        // Every piece went to the follower first, then once to the leader.
+        assert_eq!(writes(1), want);
+        assert_eq!(writes(2), want);
+        // A fenced writer gets StaleEpoch from write_many too.
+        let log: Log = Arc::default();
+        let a1 = fake_server(1, log.clone(), |_| {
+            Response::error(ErrorCode::StaleEpoch, 9, "fenced")
+        })
+        .await;
+        let c = client(vec![(1, a1)], 1, opts());
+        let err = c.write_many(&[(0, b"a"), (8192, b"b")]).await.unwrap_err();
+        assert!(
+            matches!(err, VolumeError::StaleEpoch { newest: 9, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn write_many_sends_one_burst_per_server() {
+        use bytes::BytesMut;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_util::codec::{Decoder, Encoder};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Frames decoded per socket read, answered after each read.
+        let per_read: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let seen = per_read.clone();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::with_capacity(1 << 20);
+            loop {
+                match sock.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let mut out = BytesMut::new();
+                let mut n = 0;
+                while let Some(frame) = FrameCodec.decode(&mut buf).unwrap() {
+                    n += 1;
+                    FrameCodec
+                        .encode(Response::Ok.to_frame(frame.id), &mut out)
+                        .unwrap();
+                }
+                if n > 0 {
+                    seen.lock().unwrap().push(n);
+                    sock.write_all(&out).await.unwrap();
+                }
+            }
+        });
+        let c = client(vec![(1, addr)], 1, opts());
+        let header = vec![1u8; 4096];
+        let ring = vec![2u8; 8192];
+        for _ in 0..5 {
+            c.write_many(&[(4096, &header), (16384, &ring)])
+                .await
+                .unwrap();
+        }
+        let per_read = per_read.lock().unwrap();
+        assert_eq!(per_read.iter().sum::<usize>(), 10, "{per_read:?}");
+        assert!(
+            per_read.iter().all(|&n| n == 2),
+            "each burst in one read: {per_read:?}"
+        );
     }
 
     #[tokio::test]

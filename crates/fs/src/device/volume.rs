@@ -78,13 +78,8 @@ impl BlockDevice for VolumeDevice {
     fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<(), DeviceError> {
         // All at once: the chunkservers' group commit can take them in one
         // WAL fsync, and the caller waits one round trip, not several.
-        self.block_on(futures::future::try_join_all(
-            writes
-                .iter()
-                .map(|&(off, data)| self.client.write(off, data)),
-        ))
-        .map(|_| ())
-        .map_err(device_error)
+        self.block_on(self.client.write_many(writes))
+            .map_err(device_error)
     }
 
     fn refresh_size(&self) -> Result<u64, DeviceError> {
