@@ -1440,7 +1440,12 @@ impl Inner {
                 self.metrics.unhomed_bytes.set(m.unhomed.bytes() as i64);
             }
             m.st.stamp(new_end);
-            let want_ckpt = force_ckpt || !fits || new_end - h.start > sb.ring_size / 2;
+            // Journaled bytes wait in memory (RW and every RO) until a
+            // checkpoint writes them home: bound that, as well as the ring.
+            let want_ckpt = force_ckpt
+                || !fits
+                || new_end - h.start > sb.ring_size / 2
+                || m.unhomed.bytes() > MAX_UNHOMED_BYTES;
             let snapshot = want_ckpt.then(|| m.st.encode());
             (
                 txn.filter(|_| fits),
@@ -1885,6 +1890,11 @@ const GUARD_MAX_RANGES: usize = 32;
 /// its write cost. Data overwriting journaled bytes not yet home is
 /// journaled whatever its size (when the ring has room).
 const JOURNAL_MAX_BYTES: usize = 64 << 10;
+
+/// Journaled bytes not yet written home that trigger a checkpoint (which
+/// writes them home): the memory they hold on the RW and on each RO mount,
+/// and the size of one checkpoint's home batch.
+const MAX_UNHOMED_BYTES: usize = 8 << 20;
 /// Encoded size of one `Journaled` record (type, offset, length).
 const JOURNALED_RECORD: usize = 1 + 8 + 4;
 
