@@ -1657,10 +1657,18 @@ impl Inner {
                 ranges.iter().any(|&(o, l)| m.unhomed.overlaps(o, l)),
             )
         };
+        if queued {
+            self.commit(self.op_seq(), false)?;
+        }
+        // Committing queued bytes may have journaled them: they are then
+        // unhomed too, and must go home before the direct write lands, or
+        // the overlay would put them back over it.
+        let journaled = journaled || {
+            let m = self.meta.read();
+            ranges.iter().any(|&(o, l)| m.unhomed.overlaps(o, l))
+        };
         if journaled {
             self.commit(self.op_seq(), true)?;
-        } else if queued {
-            self.commit(self.op_seq(), false)?;
         }
         let mut j = self.journal.lock();
         if ranges

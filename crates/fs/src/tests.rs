@@ -204,6 +204,48 @@ fn truncate_and_fallocate_keep_reads_defined() {
 }
 
 #[test]
+fn truncate_down_and_up_never_resurrects_small_queued_or_journaled_bytes() {
+    let (dev, fs) = new_fs(16 << 20);
+    // Queued only (no fsync), then fsync'd (journaled, not yet home).
+    for sync_first in [false, true] {
+        let path = format!("/small-{sync_first}");
+        let f = fs.open(&path, OpenFlags::create()).unwrap();
+        // Mapped blocks first, so the small write below is queued (no
+        // zeroing of a fresh block), as in an overwrite.
+        f.pwrite(0, &vec![0xCD; 2 * BS as usize]).unwrap();
+        f.fsync().unwrap();
+        f.pwrite(100, b"hello").unwrap();
+        f.pwrite(3 * BS, b"tail").unwrap();
+        if sync_first {
+            f.fsync().unwrap();
+        }
+        f.truncate(10).unwrap();
+        f.truncate(8192).unwrap();
+        let d = f.pread(0, 8192).unwrap();
+        assert_eq!(d.len(), 8192);
+        assert!(d[..10].iter().all(|&b| b == 0xCD));
+        assert!(
+            d[10..].iter().all(|&b| b == 0),
+            "sync_first={sync_first}: old bytes came back"
+        );
+        f.pwrite(20, b"new").unwrap();
+        f.fsync().unwrap();
+    }
+    fs.unmount().unwrap();
+    let (dev2, fs2) = remount(&dev);
+    for sync_first in [false, true] {
+        let d = read_all(&fs2, &format!("/small-{sync_first}"));
+        assert_eq!(d.len(), 8192);
+        let mut want = vec![0u8; 8192];
+        want[..10].fill(0xCD);
+        want[20..23].copy_from_slice(b"new");
+        assert!(d == want, "after remount, sync_first={sync_first}");
+    }
+    fs2.unmount().unwrap();
+    assert_fsck_clean(&*dev2);
+}
+
+#[test]
 fn journal_wraps_and_checkpoints() {
     // 64 KiB ring: a few dozen commits force many checkpoints and wraps.
     let (dev, fs) = new_fs(16 << 20);
