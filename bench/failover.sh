@@ -19,7 +19,8 @@ set -euo pipefail
 
 BIN=${PIKAFS_BIN:-${CARGO_TARGET_DIR:-target}/release/pikafs}
 ROUNDS=${ROUNDS:-5}
-BASE=${BASE_PORT:-$((20000 + RANDOM % 20000))}
+# Below the kernel's ephemeral range (32768+), so no outgoing connection holds one of ours.
+BASE=${BASE_PORT:-$((20000 + RANDOM % 12000))}
 command -v redis-cli >/dev/null || { echo "failover.sh: redis-cli not found" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "failover.sh: $BIN not found; cargo build --release -p pikafs" >&2; exit 1; }
 
