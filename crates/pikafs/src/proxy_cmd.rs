@@ -48,6 +48,11 @@ pub struct ProxyArgs {
     /// (clients without AUTH or read-your-writes); 0 = one set per client.
     #[arg(long, default_value_t = pikafs_proxy::config::DEFAULT_SHARED_RO_CONNS)]
     shared_ro_conns: usize,
+    /// Accept `PROXY TOPOLOGY SET` from clients (static --rw/--ro topology
+    /// only). Any client may then redirect the proxy: use on trusted
+    /// networks, e.g. for tests and manual reconfiguration.
+    #[arg(long)]
+    allow_topology_set: bool,
     /// Prometheus metrics address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -78,6 +83,7 @@ pub async fn run(args: ProxyArgs, ctrl: &str) -> anyhow::Result<()> {
         ro_reply_timeout: args.ro_timeout,
         metrics: args.metrics,
         shared_ro_conns: args.shared_ro_conns,
+        allow_topology_set: args.allow_topology_set,
         ..ProxyConfig::default()
     };
     let proxy = Proxy::bind(cfg, source).await.context("start proxy")?;

@@ -845,6 +845,11 @@ impl Dispatcher {
                 out.freeze()
             }
             [t, s, rest @ ..] if up(t) == b"TOPOLOGY" && up(s) == b"SET" && !rest.is_empty() => {
+                if !self.shared.cfg.allow_topology_set {
+                    return resp::error_reply(
+                        "ERR proxy: PROXY TOPOLOGY SET is disabled (start the proxy with --allow-topology-set)",
+                    );
+                }
                 let strs: Option<Vec<String>> = rest
                     .iter()
                     .map(|a| std::str::from_utf8(a).ok().map(str::to_string))

@@ -44,6 +44,10 @@ pub struct ProxyConfig {
     /// without AUTH or read-your-writes; 0 = every client uses its own RO
     /// connections only.
     pub shared_ro_conns: usize,
+    /// Whether `PROXY TOPOLOGY SET` is accepted (static topology only). Off
+    /// by default: the proxy does not check AUTH itself, so any client
+    /// could otherwise send writes to an address of its choosing.
+    pub allow_topology_set: bool,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +61,7 @@ impl Default for ProxyConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             metrics: None,
             shared_ro_conns: DEFAULT_SHARED_RO_CONNS,
+            allow_topology_set: false,
         }
     }
 }

@@ -132,6 +132,25 @@ async fn set_topology(c: &mut redis::aio::MultiplexedConnection, rw: &KvNode, ro
 async fn an_ro_killed_under_read_load_fails_no_reads_beyond_those_in_flight() {
     let mut s = Setup::start(3, &[], &[]).await;
     load(&s).await;
+    // Without --allow-topology-set no client may redirect the proxy.
+    {
+        let mut c = s.proxy.conn().await;
+        let err = redis::cmd("PROXY")
+            .arg("TOPOLOGY")
+            .arg("SET")
+            .arg("127.0.0.1:1")
+            .query_async::<i64>(&mut c)
+            .await
+            .expect_err("PROXY TOPOLOGY SET must be refused by default");
+        assert!(err.to_string().contains("--allow-topology-set"), "{err}");
+        let rw: Option<String> = redis::cmd("PROXY")
+            .arg("ROUTE")
+            .arg("k")
+            .query_async(&mut c)
+            .await
+            .expect("PROXY ROUTE");
+        assert_ne!(rw.as_deref(), Some("127.0.0.1:1"));
+    }
     let readers = 6;
     let l = Load::start(s.proxy.port, readers);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -193,7 +212,7 @@ async fn a_hung_ro_node_does_not_hang_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ro_nodes_join_and_leave_live_under_read_load() {
-    let s = Setup::start(2, &[], &[]).await;
+    let s = Setup::start(2, &[], &["--allow-topology-set"]).await;
     load(&s).await;
     let mut newcomer = KvNode::start(&s.dir(), "ro", &[]).await;
     // Wait for the newcomer to have caught up before it takes reads.
