@@ -142,6 +142,11 @@ async fn setup(ros: usize, shared_ro_conns: usize, down_retry: Duration) -> Setu
     }
 }
 
+/// `GET key` through `con`; the fake nodes always answer a string.
+async fn get(con: &mut MultiplexedConnection, key: &str) -> String {
+    redis::cmd("GET").arg(key).query_async(con).await.unwrap()
+}
+
 async fn client(addr: &str) -> MultiplexedConnection {
     let c = redis::Client::open(format!("redis://{addr}/")).unwrap();
     tokio::time::timeout(
@@ -298,11 +303,7 @@ async fn errors_select_and_auth_keep_their_meaning_on_shared_connections() {
         .await
         .expect_err("error passes through");
     assert!(e.to_string().contains("fake x"), "{e}");
-    let v: String = redis::cmd("GET")
-        .arg("a")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let v: String = get(&mut con, "a").await;
     assert!(v.starts_with("ro") && v.ends_with(":a:0:noauth"), "{v}");
     // SELECT: reads use a shared connection of that database.
     let _: () = redis::cmd("SELECT")
@@ -311,11 +312,7 @@ async fn errors_select_and_auth_keep_their_meaning_on_shared_connections() {
         .await
         .unwrap();
     for k in ["a", "b", "c", "d"] {
-        let v: String = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let v: String = get(&mut con, k).await;
         assert!(v.ends_with(&format!(":{k}:3:noauth")), "{v}");
         assert!(v.starts_with("ro"), "{v}");
     }
@@ -326,20 +323,12 @@ async fn errors_select_and_auth_keep_their_meaning_on_shared_connections() {
         .await
         .unwrap();
     for k in ["a", "b", "c", "d"] {
-        let v: String = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let v: String = get(&mut con, k).await;
         assert!(v.ends_with(&format!(":{k}:3:pw")), "{v}");
     }
     // Another client is unaffected by the first one's SELECT and AUTH.
     let mut other = client(&s.addr).await;
-    let v: String = redis::cmd("GET")
-        .arg("a")
-        .query_async(&mut other)
-        .await
-        .unwrap();
+    let v: String = get(&mut other, "a").await;
     assert!(v.ends_with(":a:0:noauth"), "{v}");
 }
 
@@ -384,11 +373,7 @@ async fn reads_stuck_on_a_hung_shared_connection_are_answered_by_the_rw_node() {
     // RO timeout 500 ms (see `setup`).
     let s = setup(2, 1, Duration::from_secs(30)).await;
     let mut warm = client(&s.addr).await;
-    let _: String = redis::cmd("GET")
-        .arg("x")
-        .query_async(&mut warm)
-        .await
-        .unwrap();
+    let _: String = get(&mut warm, "x").await;
     for ro in &s.ros {
         ro.hang.store(true, Ordering::SeqCst);
     }
@@ -417,11 +402,7 @@ async fn reads_stuck_on_a_hung_shared_connection_are_answered_by_the_rw_node() {
     assert!(started.elapsed() >= Duration::from_millis(400));
     // Both nodes are marked down now: new reads go to the RW node at once.
     let t = Instant::now();
-    let v: String = redis::cmd("GET")
-        .arg("later")
-        .query_async(&mut warm)
-        .await
-        .unwrap();
+    let v: String = get(&mut warm, "later").await;
     assert_eq!(v, "rw:later:0:noauth");
     assert!(
         t.elapsed() < Duration::from_millis(400),
