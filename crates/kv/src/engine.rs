@@ -420,7 +420,8 @@ impl Engine {
             return Ok(());
         }
         let started = Instant::now();
-        let cpu0 = thread_cpu_us();
+        // The thread-CPU clock is a real syscall: read it only for the trace.
+        let cpu0 = tracing::enabled!(tracing::Level::TRACE).then(thread_cpu_us);
         let (seq, locked) = {
             let _g = self.catch_up_lock.write();
             let locked = started.elapsed();
@@ -431,7 +432,7 @@ impl Engine {
             seq,
             us = started.elapsed().as_micros() as u64,
             lock_us = locked.as_micros() as u64,
-            cpu_us = thread_cpu_us().saturating_sub(cpu0),
+            cpu_us = cpu0.map_or(0, |c| thread_cpu_us().saturating_sub(c)),
             "caught up"
         );
         *self.last_catch_up.lock() = Some(started);

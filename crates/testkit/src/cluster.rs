@@ -293,6 +293,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates a volume and formats a pikafs file system on it (default
+    /// mkfs options), checking both succeeded.
+    pub async fn create_fs_volume(&self, name: &str, size: &str) -> anyhow::Result<()> {
+        self.create_volume(name, size).await?;
+        let out = self.cli(&["fs", "mkfs", name]).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mkfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Server index of the leader of every copyset, by ctrl's status.
     pub async fn leaders(&self) -> anyhow::Result<Vec<(u64, Option<usize>)>> {
         let st = self.status().await?;

@@ -212,14 +212,9 @@ async fn long_scan_on_ro_survives_rw_compaction_on_a_volume() {
         .await
         .expect("cluster");
     cluster
-        .create_volume(volume::VOL, "4GiB")
+        .create_fs_volume(volume::VOL, "4GiB")
         .await
-        .expect("volume");
-    let out = cluster
-        .cli(&["fs", "mkfs", volume::VOL])
-        .await
-        .expect("mkfs runs");
-    assert!(out.status.success(), "mkfs: {out:?}");
+        .expect("volume with an fs");
     let tmp = tempfile::tempdir().expect("tempdir");
     let ctrl = cluster.ctrl_url();
     let rw_port = free_port();

@@ -54,9 +54,10 @@ async fn rw_and_ro_on_a_volume_survive_sigkill_of_the_writer() {
     })
     .await
     .expect("cluster");
-    cluster.create_volume(VOL, "4GiB").await.expect("volume");
-    let out = cluster.cli(&["fs", "mkfs", VOL]).await.expect("mkfs runs");
-    assert!(out.status.success(), "mkfs: {out:?}");
+    cluster
+        .create_fs_volume(VOL, "4GiB")
+        .await
+        .expect("volume with an fs");
     let tmp = tempfile::tempdir().expect("tempdir");
     let ctrl = cluster.ctrl_url();
 

@@ -95,9 +95,10 @@ impl Stack {
         let cluster = Cluster::start(ClusterOptions::default())
             .await
             .expect("cluster");
-        cluster.create_volume(VOL, "4GiB").await.expect("volume");
-        let out = cluster.cli(&["fs", "mkfs", VOL]).await.expect("mkfs runs");
-        assert!(out.status.success(), "mkfs: {out:?}");
+        cluster
+            .create_fs_volume(VOL, "4GiB")
+            .await
+            .expect("volume with an fs");
         let tmp = tempfile::tempdir().expect("tempdir");
         let ctrl = cluster.ctrl_url();
         let mut nodes = Vec::new();
