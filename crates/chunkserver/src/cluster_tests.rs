@@ -191,6 +191,7 @@ fn start_node(dir: &std::path::Path, ctrl: &str) -> Node {
         raft_tick: Duration::from_millis(20),
         capacity_bytes: 0,
         checkpoint_wal_bytes: 1 << 20,
+        ..Config::default()
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(crate::run(config, cancel.clone()));

@@ -11,6 +11,10 @@ pub const DEFAULT_CTRL: &str = "http://127.0.0.1:7000";
 /// Default WAL volume between two checkpoints.
 pub const DEFAULT_CHECKPOINT_WAL_BYTES: u64 = 256 << 20;
 
+/// Default [`Config::idle_spin`]: covers the gap between the hops of a
+/// QD1 write on the playground.
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(200);
+
 /// Everything `run` needs. `Default` holds production values.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,6 +34,11 @@ pub struct Config {
     pub capacity_bytes: u64,
     /// Checkpoint (and truncate the WAL) after this much WAL or every 30 s.
     pub checkpoint_wal_bytes: u64,
+    /// How long the raft loop polls its inbox before it sleeps. Polling
+    /// saves a thread wake-up per hop of a replicated write (QD1 4 KiB
+    /// write p50 ~200 → ~170 µs on the playground) for up to this much CPU
+    /// after each burst of work; zero sleeps at once.
+    pub idle_spin: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +52,7 @@ impl Default for Config {
             raft_tick: Duration::from_millis(100),
             capacity_bytes: 0,
             checkpoint_wal_bytes: DEFAULT_CHECKPOINT_WAL_BYTES,
+            idle_spin: DEFAULT_IDLE_SPIN,
         }
     }
 }

@@ -146,7 +146,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let _in_io_rt = io_rt.enter();
         TcpListener::from_std(std_listener).context("attach data-path listener")?
     };
-    let (inbox, rx) = inbox::inbox(metrics.inbox_depth.clone());
+    let (inbox, mut rx) = inbox::inbox(metrics.inbox_depth.clone());
+    rx.set_spin(config.idle_spin);
     let stop = shutdown.child_token();
     let loop_cfg = raftstore::LoopConfig {
         tick: config.raft_tick,

@@ -68,6 +68,10 @@ pub struct ChunkserverArgs {
     /// Capacity advertised to ctrl, e.g. 100GiB (default: the file system's size).
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
+    /// How long the raft loop polls for work before it sleeps: lower
+    /// write latency for CPU (default 200us; 0 = sleep at once).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_spin: Option<Duration>,
 }
 
 impl CtrlArgs {
@@ -99,6 +103,7 @@ impl ChunkserverArgs {
             raft_tick: self.raft_tick.unwrap_or(d.raft_tick),
             capacity_bytes: self.capacity.unwrap_or(d.capacity_bytes),
             checkpoint_wal_bytes: d.checkpoint_wal_bytes,
+            idle_spin: self.idle_spin.unwrap_or(d.idle_spin),
         }
     }
 }
