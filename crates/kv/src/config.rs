@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use crate::engine::Role;
 use crate::error::KvError;
-use crate::wal::FsyncPolicy;
+use crate::wal::{FsyncPolicy, GroupCommit};
 
 /// Default node memory budget (block cache + memtables).
 pub const DEFAULT_MEMORY_BYTES: usize = 512 << 20;
@@ -31,6 +31,8 @@ pub struct KvConfig {
     pub memory_bytes: usize,
     pub requirepass: Option<String>,
     pub appendfsync: FsyncPolicy,
+    /// RW: how the WAL syncer gathers writers under load.
+    pub group_commit: GroupCommit,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// RO: the catch-up timer (the fallback when nobody notifies).
@@ -49,6 +51,7 @@ impl KvConfig {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             requirepass: None,
             appendfsync: FsyncPolicy::Always,
+            group_commit: GroupCommit::default(),
             metrics: None,
             catch_up_interval: DEFAULT_CATCH_UP_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,

@@ -29,7 +29,7 @@ use crate::cursor::Cursors;
 use crate::encoding::{split_sub_key, Meta, CF_DATA, CF_META};
 use crate::error::KvError;
 use crate::txn::Txn;
-use crate::wal::{FsyncPolicy, WalSync};
+use crate::wal::{FsyncPolicy, GroupCommit, WalSync};
 
 /// Whether this node is the RocksDB primary or a secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,13 @@ pub struct EngineConfig {
     /// files.
     pub env: Option<rocksdb::Env>,
     pub fsync: FsyncPolicy,
+    pub group_commit: GroupCommit,
 }
+
+/// How long an async worker waits for the write lock before it hands
+/// its writes to a blocking thread: a write group holds the lock for tens
+/// of microseconds; anything longer is a slow command.
+pub const INLINE_LOCK_WAIT: Duration = Duration::from_micros(100);
 
 /// Something a committed write changed, for WATCH and (later) blocking
 /// commands.
@@ -298,7 +304,8 @@ impl Engine {
         };
         let db = Arc::new(db);
         let _ = cell.set(Arc::downgrade(&db));
-        let wal = (role == Role::Rw).then(|| WalSync::start(db.clone(), cfg.fsync));
+        let wal =
+            (role == Role::Rw).then(|| WalSync::start(db.clone(), cfg.fsync, cfg.group_commit));
         let (applied_tx, _) = tokio::sync::watch::channel(db.latest_sequence_number());
         Ok(Arc::new(Engine {
             db,
@@ -362,6 +369,14 @@ impl Engine {
         Txn::new_write(self, db)
     }
 
+    /// A write txn that never waits long: `None` when the write lock stays
+    /// taken for [`INLINE_LOCK_WAIT`]; reads from memory only and a commit
+    /// that RocksDB would stall fails with `Incomplete` (see
+    /// [`Txn::needs_io`]). For cheap writes on an async worker.
+    pub fn write_txn_in_memory(&self, db: u8) -> Option<Txn<'_>> {
+        Txn::new_write_in_memory(self, db)
+    }
+
     /// A fresh collection version, greater than every version handed out
     /// before by this process and (clock permitting) by earlier ones.
     pub fn next_version(&self) -> u64 {
@@ -382,13 +397,21 @@ impl Engine {
     }
 
     /// Writes `batch` unsynced; the caller holds `write_lock`. Returns the
-    /// sequence number of the batch's last record.
-    pub(crate) fn write_batch(&self, batch: WriteBatch, touched: &[Touch]) -> Result<u64, KvError> {
+    /// sequence number of the batch's last record. With `no_slowdown`,
+    /// a write RocksDB would delay or stop (too many memtables or L0
+    /// files) fails at once with `Incomplete` and writes nothing.
+    pub(crate) fn write_batch(
+        &self,
+        batch: WriteBatch,
+        touched: &[Touch],
+        no_slowdown: bool,
+    ) -> Result<u64, KvError> {
         if let Some(w) = &self.wal {
             w.check_healthy()?;
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
+        wo.set_no_slowdown(no_slowdown);
         self.db.write_opt(batch, &wo)?;
         let seq = self.db.latest_sequence_number();
         if !touched.is_empty() {
@@ -545,6 +568,7 @@ mod tests {
             memory_bytes: 32 << 20,
             env: None,
             fsync: FsyncPolicy::Always,
+            group_commit: GroupCommit::default(),
         })
         .unwrap()
     }

@@ -70,6 +70,7 @@ impl KvServer {
             memory_bytes: cfg.memory_bytes,
             env,
             fsync: cfg.appendfsync,
+            group_commit: cfg.group_commit,
         };
         let engine = tokio::task::spawn_blocking(move || Engine::open(ecfg))
             .await
@@ -290,16 +291,21 @@ async fn connection(
         // reads (two futex wake-ups and a thread switch per batch). Anything
         // else, or a read that would need the disk, goes to a blocking
         // thread as before.
-        let inline = if proto_err.is_none()
-            && batch.len() <= MAX_GROUP
-            && batch.iter().all(|r| s.is_inline_read(r))
-        {
+        // Cheap writes too: RocksDB's unsynced write is a memtable insert
+        // and a WAL append into the fs's memory; the sync is shared and
+        // awaited below, not here.
+        let inline = if proto_err.is_some() || batch.len() > MAX_GROUP {
+            None
+        } else if batch.iter().all(|r| s.is_inline_read(r)) {
             s.execute_reads_in_memory(&batch)
+        } else if batch.iter().all(|r| s.is_inline_write(r)) {
+            s.execute_writes_in_memory(&batch).map(|(r, _)| r)
         } else {
             None
         };
         let engine = shared.engine.clone();
         let res = if let Some(replies) = inline {
+            // Everything the batch wrote or read is at or below this.
             let seq = Some(engine.applied_sequence());
             Ok((s, (replies, seq, None, Vec::new())))
         } else {

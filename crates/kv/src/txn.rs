@@ -160,6 +160,18 @@ impl<'e> Txn<'e> {
 
     pub(crate) fn new_write(eng: &'e Engine, db: u8) -> Txn<'e> {
         let guard = eng.write_lock.lock();
+        Txn::write_with(eng, db, guard, false)
+    }
+
+    /// See [`Engine::write_txn_in_memory`].
+    pub(crate) fn new_write_in_memory(eng: &'e Engine, db: u8) -> Option<Txn<'e>> {
+        let guard = eng
+            .write_lock
+            .try_lock_for(crate::engine::INLINE_LOCK_WAIT)?;
+        Some(Txn::write_with(eng, db, guard, true))
+    }
+
+    fn write_with(eng: &'e Engine, db: u8, guard: MutexGuard<'e, ()>, in_memory: bool) -> Txn<'e> {
         // Under the write lock nothing else writes: reading the live DB is
         // reading a consistent point.
         Txn {
@@ -174,10 +186,15 @@ impl<'e> Txn<'e> {
             touched: Vec::new(),
             undo: None,
             now: now_ms(),
-            get_opts: ReadOptions::default(),
-            in_memory: false,
+            get_opts: read_options(None, in_memory),
+            in_memory,
             needs_io: Cell::new(false),
         }
+    }
+
+    /// Whether this txn reads memory only (and commits without stalling).
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
     }
 
     pub fn engine(&self) -> &'e Engine {
@@ -602,7 +619,7 @@ impl<'e> Txn<'e> {
             }
         }
         let touched = std::mem::take(&mut self.touched);
-        let seq = self.eng.write_batch(b, &touched)?;
+        let seq = self.eng.write_batch(b, &touched, self.in_memory)?;
         Ok(Some(seq))
     }
 }
@@ -636,6 +653,7 @@ pub(crate) mod tests {
             memory_bytes: 32 << 20,
             env: None,
             fsync: FsyncPolicy::Always,
+            group_commit: Default::default(),
         })
         .unwrap()
     }
@@ -680,6 +698,7 @@ pub(crate) mod tests {
             memory_bytes: 32 << 20,
             env: None,
             fsync: FsyncPolicy::Always,
+            group_commit: Default::default(),
         })
         .unwrap();
         let held = ro.catch_up_lock.write();
@@ -687,6 +706,58 @@ pub(crate) mod tests {
         drop(held);
         let t = Txn::new_read_in_memory(&ro, 0).expect("no catch-up running");
         assert_eq!(t.get_meta(b"hot").unwrap().unwrap().payload, b"in memtable");
+    }
+
+    #[test]
+    fn memory_only_writes_flag_disk_reads_commit_otherwise_and_never_wait_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let eng = engine(dir.path());
+            let mut t = eng.write_txn(0);
+            t.put_meta(b"cold", &Meta::string(b"on disk".to_vec(), 0));
+            t.commit().unwrap();
+            eng.db().flush_cf(eng.meta_cf()).unwrap();
+        }
+        let eng = engine(dir.path());
+        // A read-modify-write over a record only on disk: flagged, and
+        // nothing of the txn is written when it is dropped.
+        let mut t = eng.write_txn_in_memory(0).expect("the lock is free");
+        assert!(t.is_in_memory());
+        t.put_meta(b"side", &Meta::string(b"effect".to_vec(), 0));
+        assert!(t.get_meta(b"cold").is_err(), "a disk read is refused");
+        assert!(t.needs_io());
+        drop(t);
+        let r = eng.read_txn(0);
+        assert!(
+            r.get_meta(b"side").unwrap().is_none(),
+            "dropped, not written"
+        );
+        assert_eq!(r.get_meta(b"cold").unwrap().unwrap().payload, b"on disk");
+        drop(r);
+
+        // Blind and memtable-only writes commit like a normal write txn.
+        let mut t = eng.write_txn_in_memory(0).unwrap();
+        t.put_meta(b"hot", &Meta::string(b"1".to_vec(), 0));
+        let seq = t.commit().unwrap().expect("a write has a sequence");
+        assert_eq!(seq, eng.applied_sequence());
+        let mut t = eng.write_txn_in_memory(0).unwrap();
+        assert_eq!(t.get_meta(b"hot").unwrap().unwrap().payload, b"1");
+        t.put_meta(b"hot", &Meta::string(b"2".to_vec(), 0));
+        t.commit().unwrap();
+        assert!(!eng.read_txn(0).needs_io());
+        assert_eq!(
+            eng.read_txn(0).get_meta(b"hot").unwrap().unwrap().payload,
+            b"2"
+        );
+
+        // A writer holding the lock (a slow command on a blocking thread)
+        // makes the memory-only txn unavailable instead of blocking.
+        let held = eng.write_txn(0);
+        let started = std::time::Instant::now();
+        assert!(eng.write_txn_in_memory(0).is_none());
+        assert!(started.elapsed() >= crate::engine::INLINE_LOCK_WAIT);
+        drop(held);
+        assert!(eng.write_txn_in_memory(0).is_some());
     }
 
     #[test]
