@@ -658,16 +658,20 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// Leaves `cold` in an SST only: the next `engine()` on `dir` starts
+    /// with an empty memtable and block cache.
+    fn write_cold_record(dir: &std::path::Path) {
+        let eng = engine(dir);
+        let mut t = eng.write_txn(0);
+        t.put_meta(b"cold", &Meta::string(b"on disk".to_vec(), 0));
+        t.commit().unwrap();
+        eng.db().flush_cf(eng.meta_cf()).unwrap();
+    }
+
     #[test]
     fn memory_only_reads_flag_disk_reads_and_never_wait_for_a_catch_up() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let eng = engine(dir.path());
-            let mut t = eng.write_txn(0);
-            t.put_meta(b"cold", &Meta::string(b"on disk".to_vec(), 0));
-            t.commit().unwrap();
-            eng.db().flush_cf(eng.meta_cf()).unwrap();
-        }
+        write_cold_record(dir.path());
         // Reopened with a fresh block cache: the record is only on disk.
         let eng = engine(dir.path());
         let t = Txn::new_read_in_memory(&eng, 0).expect("RW never waits");
@@ -711,13 +715,7 @@ pub(crate) mod tests {
     #[test]
     fn memory_only_writes_flag_disk_reads_commit_otherwise_and_never_wait_for_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let eng = engine(dir.path());
-            let mut t = eng.write_txn(0);
-            t.put_meta(b"cold", &Meta::string(b"on disk".to_vec(), 0));
-            t.commit().unwrap();
-            eng.db().flush_cf(eng.meta_cf()).unwrap();
-        }
+        write_cold_record(dir.path());
         let eng = engine(dir.path());
         // A read-modify-write over a record only on disk: flagged, and
         // nothing of the txn is written when it is dropped.

@@ -374,18 +374,29 @@ mod tests {
         WalSync::start(db.clone(), FsyncPolicy::Always, group)
     }
 
+    /// Waits for `seq` to be durable, failing the test with `why` after
+    /// `secs`.
+    fn durable_within(w: &WalSync, seq: u64, secs: u64, why: &str) {
+        runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(secs), w.wait_durable(seq))
+                .await
+                .expect(why)
+                .unwrap();
+        });
+    }
+
     #[test]
     fn a_writer_below_min_waiters_is_not_held_by_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         let w = syncer(&db, Duration::from_secs(600), 2);
         let seq = put(&db, b"a");
-        runtime().block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), w.wait_durable(seq))
-                .await
-                .expect("a lone writer must not wait for the 10 min window")
-                .unwrap();
-        });
+        durable_within(
+            &w,
+            seq,
+            30,
+            "a lone writer must not wait for the 10 min window",
+        );
         assert!(w.synced_sequence() >= seq);
         w.stop();
     }
@@ -398,12 +409,7 @@ mod tests {
         // long before the window's end.
         let w = syncer(&db, Duration::from_secs(16), 1);
         let seq = put(&db, b"a");
-        runtime().block_on(async {
-            tokio::time::timeout(Duration::from_secs(12), w.wait_durable(seq))
-                .await
-                .expect("synced after one look, not after the window")
-                .unwrap();
-        });
+        durable_within(&w, seq, 12, "synced after one look, not after the window");
         assert_eq!(w.sync_count(), 1);
         w.stop();
     }
