@@ -432,6 +432,15 @@ impl Dispatcher {
         })
     }
 
+    /// Counts a read sent to an RO node: a global command's or a keyed one.
+    fn count_read(&self, global: bool) {
+        if global {
+            self.shared.metrics.global.inc();
+        } else {
+            self.shared.metrics.ro.inc();
+        }
+    }
+
     /// Sends `raw` to the RW node; `write` adds read-your-writes
     /// bookkeeping.
     async fn send_rw(&mut self, raw: &[u8], write: bool) -> Result<bool, Gone> {
@@ -549,11 +558,7 @@ impl Dispatcher {
             self.refresh_healthy();
             return self.send_rw(&raw, false).await;
         };
-        if global {
-            self.shared.metrics.global.inc();
-        } else {
-            self.shared.metrics.ro.inc();
-        }
+        self.count_read(global);
         let retry = Retry { raw, db: self.db };
         let c = &mut self.conns[i];
         let conn = c.id;
@@ -636,11 +641,7 @@ impl Dispatcher {
                 }
             }
         };
-        if global {
-            self.shared.metrics.global.inc();
-        } else {
-            self.shared.metrics.ro.inc();
-        }
+        self.count_read(global);
         let b = &mut self.batches[i];
         let first = if b.tx.is_none() {
             let (tx, rx) = oneshot::channel();

@@ -743,6 +743,19 @@ mod tests {
         }
     }
 
+    /// A client whose leader hint points at server 1, which refuses every
+    /// request with `code` (naming `hint`); server 2 accepts everything.
+    async fn refused_then_ok(
+        log: &Log,
+        code: ErrorCode,
+        hint: u64,
+        msg: &'static str,
+    ) -> VolumeClient {
+        let a1 = fake_server(1, log.clone(), move |_| Response::error(code, hint, msg)).await;
+        let a2 = fake_server(2, log.clone(), |_| Response::Ok).await;
+        client(vec![(1, a1), (2, a2)], 1, opts())
+    }
+
     #[tokio::test]
     async fn follows_not_leader_hint() {
         let log: Log = Arc::default();
@@ -792,12 +805,7 @@ mod tests {
     #[tokio::test]
     async fn write_many_retries_refused_pieces_through_the_hint() {
         let log: Log = Arc::default();
-        let a1 = fake_server(1, log.clone(), |_| {
-            Response::error(ErrorCode::NotLeader, 2, "follower")
-        })
-        .await;
-        let a2 = fake_server(2, log.clone(), |_| Response::Ok).await;
-        let c = client(vec![(1, a1), (2, a2)], 1, opts());
+        let c = refused_then_ok(&log, ErrorCode::NotLeader, 2, "follower").await;
         let tail = vec![7u8; 10];
         c.write_many(&[(0, b"head"), (4096, b"ring"), (CHUNK_SIZE - 4, &tail)])
             .await
@@ -886,12 +894,7 @@ mod tests {
     #[tokio::test]
     async fn stale_epoch_is_returned_without_retry() {
         let log: Log = Arc::default();
-        let a1 = fake_server(1, log.clone(), |_| {
-            Response::error(ErrorCode::StaleEpoch, 9, "fenced")
-        })
-        .await;
-        let a2 = fake_server(2, log.clone(), |_| Response::Ok).await;
-        let c = client(vec![(1, a1), (2, a2)], 1, opts());
+        let c = refused_then_ok(&log, ErrorCode::StaleEpoch, 9, "fenced").await;
         let err = c.write(0, b"x").await.unwrap_err();
         match err {
             VolumeError::StaleEpoch {
