@@ -99,12 +99,14 @@ pub struct KvArgs {
     #[arg(long, value_enum, default_value = "always")]
     pub(crate) appendfsync: AppendFsync,
     /// Under load, hold a WAL sync up to this long while more writers
-    /// join, so one replicated sync carries more writes (0 = off).
-    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
-    pub(crate) group_commit_window: Duration,
-    /// Gather only when at least this many writers wait for the sync.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) group_commit_min_waiters: usize,
+    /// join, so one replicated sync carries more writes (default 1ms;
+    /// 0 = off).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) group_commit_window: Option<Duration>,
+    /// Gather only when at least this many writers wait for the sync
+    /// (default 8).
+    #[arg(long)]
+    pub(crate) group_commit_min_waiters: Option<usize>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub(crate) metrics: Option<SocketAddr>,
@@ -230,9 +232,10 @@ impl KvArgs {
             AppendFsync::Everysec => FsyncPolicy::EverySec,
             AppendFsync::No => FsyncPolicy::No,
         };
+        let d = cfg.group_commit;
         cfg.group_commit = pikafs_kv::wal::GroupCommit {
-            window: self.group_commit_window,
-            min_waiters: self.group_commit_min_waiters,
+            window: self.group_commit_window.unwrap_or(d.window),
+            min_waiters: self.group_commit_min_waiters.unwrap_or(d.min_waiters),
         };
         cfg.metrics = metrics;
         cfg.catch_up_interval = self.catch_up_interval;

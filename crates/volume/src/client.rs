@@ -387,7 +387,7 @@ impl VolumeClient {
     /// # Cancel safety
     /// Not cancel safe, as [`VolumeClient::write`].
     pub async fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<(), VolumeError> {
-        let (volume, epoch) = (self.inner.volume, self.inner.epoch);
+        let volume = self.inner.volume;
         let mut pieces: Vec<(Piece, Bytes)> = Vec::new();
         for &(offset, data) in writes {
             if data.is_empty() {
@@ -405,14 +405,7 @@ impl VolumeClient {
         let mut bursts: Vec<Burst> = Vec::new();
         for (i, (p, data)) in pieces.iter().enumerate() {
             let (copyset, _, addr, _) = self.pick(Target::Chunk(p.chunk), None);
-            let req = Request::Write {
-                copyset,
-                volume,
-                epoch,
-                chunk: p.chunk,
-                offset: p.chunk_offset,
-                data: data.clone(),
-            };
+            let req = self.write_request(copyset, p, data.clone());
             match bursts.iter_mut().find(|b| b.0 == addr) {
                 Some(b) => {
                     b.1.push((i, copyset));
@@ -460,18 +453,24 @@ impl VolumeClient {
     }
 
     async fn write_piece(&self, p: Piece, data: Bytes) -> Result<(), VolumeError> {
-        let (volume, epoch) = (self.inner.volume, self.inner.epoch);
         let (copyset, resp) = self
-            .send(Target::Chunk(p.chunk), |copyset| Request::Write {
-                copyset,
-                volume,
-                epoch,
-                chunk: p.chunk,
-                offset: p.chunk_offset,
-                data: data.clone(),
+            .send(Target::Chunk(p.chunk), |copyset| {
+                self.write_request(copyset, &p, data.clone())
             })
             .await?;
         expect_ok(copyset, resp)
+    }
+
+    /// The write of `data` at piece `p` under this client's epoch.
+    fn write_request(&self, copyset: CopysetId, p: &Piece, data: Bytes) -> Request {
+        Request::Write {
+            copyset,
+            volume: self.inner.volume,
+            epoch: self.inner.epoch,
+            chunk: p.chunk,
+            offset: p.chunk_offset,
+            data,
+        }
     }
 
     /// Sends `Fence { epoch: self.epoch() }` to every copyset of the volume,
