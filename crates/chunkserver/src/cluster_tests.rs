@@ -356,6 +356,68 @@ async fn three_replicas_write_read_fence_join_restart() {
         Response::Ok
     );
 
+    // WriteV: extents applied together; a stale epoch or one extent
+    // outside the chunk writes none of them.
+    let writev = |epoch: u64, extents: &[(u32, &'static [u8])]| Request::WriteV {
+        copyset: 1,
+        volume: 7,
+        epoch,
+        chunk: 0,
+        extents: extents
+            .iter()
+            .map(|(off, d)| (*off, Bytes::from_static(d)))
+            .collect(),
+    };
+    let r = call_leader(
+        &ctrl,
+        &[1, 2, 3],
+        writev(6, &[(20000, b"head"), (16384, b"ring")]),
+    )
+    .await;
+    assert_eq!(r.unwrap(), Response::Ok);
+    let r = call_leader(&ctrl, &[1, 2, 3], read(16384, 3620))
+        .await
+        .unwrap();
+    let mut want = vec![0u8; 3620];
+    want[..4].copy_from_slice(b"ring");
+    want[3616..].copy_from_slice(b"head");
+    assert_eq!(r, Response::Data(Bytes::from(want.clone())));
+    let r = call_leader(&ctrl, &[1, 2, 3], writev(5, &[(16384, b"ZOMB")])).await;
+    assert!(
+        matches!(
+            r,
+            Err(PeerError::Remote {
+                code: ErrorCode::StaleEpoch,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = call_leader(
+        &ctrl,
+        &[1, 2, 3],
+        writev(6, &[(16384, b"XXXX"), (u32::MAX - 3, b"too far")]),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(PeerError::Remote {
+                code: ErrorCode::OutOfRange,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = call_leader(&ctrl, &[1, 2, 3], read(16384, 3620))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Response::Data(Bytes::from(want)),
+        "nothing of the refused WriteVs landed"
+    );
+
     // A corrupt sector on the leader is repaired from a follower whose copy
     // matches the leader's CRC; the read returns the right bytes.
     {

@@ -7,6 +7,8 @@
 //! ```text
 //!  Write: 0x01 | volume u64 | epoch u64 | chunk u64 | offset u32 | data
 //!  Fence: 0x02 | volume u64 | epoch u64
+//!  WriteV: 0x03 | volume u64 | epoch u64 | chunk u64 | count u32
+//!          | count × (offset u32 | len u32) | the extents' data back to back
 //! ```
 //!
 //! Entry context is `proposer ServerId u64 | proposal id u64`, so only the
@@ -40,10 +42,20 @@ pub enum Command {
         volume: VolumeId,
         epoch: Epoch,
     },
+    /// Several extents of one chunk, applied together (the proposer checked
+    /// that each lies inside the chunk; apply checks again before writing
+    /// any, so a bad entry writes nothing).
+    WriteV {
+        volume: VolumeId,
+        epoch: Epoch,
+        chunk: u64,
+        extents: Vec<(u32, Bytes)>,
+    },
 }
 
 const TAG_WRITE: u8 = 1;
 const TAG_FENCE: u8 = 2;
+const TAG_WRITE_V: u8 = 3;
 
 impl Command {
     /// Encodes as entry data.
@@ -70,8 +82,36 @@ impl Command {
                 b.put_u64_le(*volume);
                 b.put_u64_le(*epoch);
             }
+            Command::WriteV {
+                volume,
+                epoch,
+                chunk,
+                extents,
+            } => {
+                let data: usize = extents.iter().map(|(_, d)| d.len()).sum();
+                b.reserve(29 + 8 * extents.len() + data);
+                b.put_u8(TAG_WRITE_V);
+                b.put_u64_le(*volume);
+                b.put_u64_le(*epoch);
+                b.put_u64_le(*chunk);
+                pikafs_proto::msg::put_extents(&mut b, extents);
+            }
         }
         b
+    }
+
+    fn decode_write_v(mut d: Bytes) -> Option<Command> {
+        if d.len() < 24 {
+            return None;
+        }
+        let (volume, epoch, chunk) = (d.get_u64_le(), d.get_u64_le(), d.get_u64_le());
+        let extents = pikafs_proto::msg::take_extents(d).ok()?;
+        Some(Command::WriteV {
+            volume,
+            epoch,
+            chunk,
+            extents,
+        })
     }
 
     /// Decodes entry data; `None` if malformed.
@@ -91,6 +131,7 @@ impl Command {
                 volume: d.get_u64_le(),
                 epoch: d.get_u64_le(),
             }),
+            TAG_WRITE_V => Command::decode_write_v(d),
             _ => None,
         }
     }
@@ -98,14 +139,26 @@ impl Command {
     /// The volume the command is about.
     pub fn volume(&self) -> VolumeId {
         match self {
-            Command::Write { volume, .. } | Command::Fence { volume, .. } => *volume,
+            Command::Write { volume, .. }
+            | Command::Fence { volume, .. }
+            | Command::WriteV { volume, .. } => *volume,
+        }
+    }
+
+    /// The chunk a write goes to; `None` for a fence.
+    pub fn write_chunk(&self) -> Option<u64> {
+        match self {
+            Command::Write { chunk, .. } | Command::WriteV { chunk, .. } => Some(*chunk),
+            Command::Fence { .. } => None,
         }
     }
 
     /// The epoch the command carries.
     pub fn epoch(&self) -> Epoch {
         match self {
-            Command::Write { epoch, .. } | Command::Fence { epoch, .. } => *epoch,
+            Command::Write { epoch, .. }
+            | Command::Fence { epoch, .. }
+            | Command::WriteV { epoch, .. } => *epoch,
         }
     }
 }
@@ -433,36 +486,67 @@ impl Group {
                 offset,
                 data,
                 ..
-            } => {
-                if epoch < newest {
+            } => self.apply_write(index, (volume, epoch, newest), chunk, &[(offset, data)]),
+            Command::WriteV { chunk, extents, .. } => {
+                self.apply_write(index, (volume, epoch, newest), chunk, &extents)
+            }
+        }
+    }
+
+    /// Applies the extents of one write command: all of them, or (stale
+    /// epoch, an extent outside the chunk) none.
+    fn apply_write(
+        &mut self,
+        index: u64,
+        (volume, epoch, newest): (VolumeId, Epoch, Epoch),
+        chunk: u64,
+        extents: &[(u32, Bytes)],
+    ) -> Result<Response, ApplyError> {
+        if epoch < newest {
+            return Ok(Response::error(
+                ErrorCode::StaleEpoch,
+                newest,
+                format!("epoch {epoch} < {newest}"),
+            ));
+        }
+        if extents
+            .iter()
+            .any(|(off, d)| *off as u64 + d.len() as u64 > pikafs_proto::CHUNK_SIZE)
+        {
+            return Ok(Response::error(
+                ErrorCode::OutOfRange,
+                0,
+                "write outside the chunk",
+            ));
+        }
+        if epoch > newest {
+            self.node.mut_store().epochs.insert(volume, epoch);
+        }
+        let verify = index > self.replay_until;
+        for (offset, data) in extents {
+            match self
+                .store
+                .write(volume, chunk, *offset as u64, data, verify)
+            {
+                Ok(()) => {}
+                // Checked above; kept so a mismatch cannot turn fatal.
+                Err(ChunkError::OutOfRange { .. }) => {
                     return Ok(Response::error(
-                        ErrorCode::StaleEpoch,
-                        newest,
-                        format!("epoch {epoch} < {newest}"),
-                    ));
-                }
-                if epoch > newest {
-                    self.node.mut_store().epochs.insert(volume, epoch);
-                }
-                let verify = index > self.replay_until;
-                match self
-                    .store
-                    .write(volume, chunk, offset as u64, &data, verify)
-                {
-                    Ok(()) => Ok(Response::Ok),
-                    Err(ChunkError::OutOfRange { .. }) => Ok(Response::error(
                         ErrorCode::OutOfRange,
                         0,
                         "write outside the chunk",
-                    )),
-                    Err(source) => Err(ApplyError {
+                    ))
+                }
+                Err(source) => {
+                    return Err(ApplyError {
                         copyset: self.id,
                         index,
                         source,
-                    }),
+                    })
                 }
             }
         }
+        Ok(Response::Ok)
     }
 }
 
@@ -491,12 +575,38 @@ mod tests {
                 volume: 9,
                 epoch: 10,
             },
+            Command::WriteV {
+                volume: 1,
+                epoch: 2,
+                chunk: 3,
+                extents: vec![
+                    (4096, Bytes::from_static(b"header")),
+                    (0, Bytes::from_static(b"ring")),
+                ],
+            },
         ] {
             assert_eq!(Command::decode(Bytes::from(c.encode())), Some(c));
         }
         assert_eq!(Command::decode(Bytes::from_static(&[2, 1, 2])), None);
         assert_eq!(Command::decode(Bytes::from_static(&[7; 40])), None);
         assert_eq!(Command::decode(Bytes::new()), None);
+        // WriteV whose counts and lengths lie about the entry's size.
+        let good = Command::WriteV {
+            volume: 1,
+            epoch: 2,
+            chunk: 3,
+            extents: vec![(0, Bytes::from_static(b"abcd"))],
+        }
+        .encode();
+        for cut in 0..good.len() {
+            assert_eq!(Command::decode(Bytes::copy_from_slice(&good[..cut])), None);
+        }
+        let mut huge_count = good.clone();
+        huge_count[25..29].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Command::decode(Bytes::from(huge_count)), None);
+        let mut trailing = good;
+        trailing.push(0);
+        assert_eq!(Command::decode(Bytes::from(trailing)), None);
         assert_eq!(decode_context(&encode_context(4, 99)), Some((4, 99)));
         assert_eq!(decode_context(&[1, 2]), None);
     }

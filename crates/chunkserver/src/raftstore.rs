@@ -488,9 +488,10 @@ impl RaftStore {
         if !g.is_leader() {
             return answer(resp, g.not_leader());
         }
-        let newest = g.epoch_of(cmd.volume());
-        if let Command::Write { epoch, .. } = &cmd {
-            if *epoch < newest {
+        let (volume, epoch) = (cmd.volume(), cmd.epoch());
+        let newest = g.epoch_of(volume);
+        if let Some(chunk) = cmd.write_chunk() {
+            if epoch < newest {
                 return answer(
                     resp,
                     Response::error(
@@ -500,9 +501,7 @@ impl RaftStore {
                     ),
                 );
             }
-        }
-        if let Command::Write { volume, chunk, .. } = &cmd {
-            if g.store.lacks_space_for(*volume, *chunk, capacity_left) {
+            if g.store.lacks_space_for(volume, chunk, capacity_left) {
                 return answer(
                     resp,
                     Response::error(

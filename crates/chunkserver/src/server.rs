@@ -178,6 +178,30 @@ async fn connection(
                 );
                 continue;
             }
+            Request::WriteV {
+                copyset,
+                volume,
+                epoch,
+                chunk,
+                extents,
+            } if extents
+                .iter()
+                .all(|(off, d)| range_ok(*off, d.len()) && !d.is_empty()) =>
+            {
+                propose_direct(
+                    &ctx,
+                    &out,
+                    id,
+                    copyset,
+                    Command::WriteV {
+                        volume,
+                        epoch,
+                        chunk,
+                        extents,
+                    },
+                );
+                continue;
+            }
             other => other,
         };
         let ctx = ctx.clone();
@@ -245,7 +269,7 @@ fn propose_direct(ctx: &ServerCtx, out: &Arc<SocketOut>, id: u64, copyset: u64, 
 fn op_name(req: &Request) -> &'static str {
     match req {
         Request::Ping => "ping",
-        Request::Write { .. } => "write",
+        Request::Write { .. } | Request::WriteV { .. } => "write",
         Request::Read { .. } => "read",
         Request::Fence { .. } => "fence",
         Request::RaftBatch { .. } => "raft_batch",
@@ -453,6 +477,31 @@ async fn handle(ctx: &ServerCtx, req: Request) -> Response {
                 },
             )
             .await
+        }
+        Request::WriteV {
+            copyset,
+            volume,
+            epoch,
+            chunk,
+            mut extents,
+        } => {
+            if !extents.iter().all(|(off, d)| range_ok(*off, d.len())) {
+                return Response::error(ErrorCode::OutOfRange, 0, "write outside the chunk");
+            }
+            extents.retain(|(_, d)| !d.is_empty());
+            if extents.is_empty() {
+                return match ctx.shared.store(copyset) {
+                    Some(_) => Response::Ok,
+                    None => no_such(copyset),
+                };
+            }
+            let cmd = Command::WriteV {
+                volume,
+                epoch,
+                chunk,
+                extents,
+            };
+            propose(ctx, copyset, cmd).await
         }
         Request::Fence {
             copyset,

@@ -8,6 +8,7 @@
 //! | 0x02 | `Write` | copyset u64, volume u64, epoch u64, chunk u64, offset u32, data (rest) |
 //! | 0x03 | `Read` | copyset u64, volume u64, chunk u64, offset u32, len u32 |
 //! | 0x04 | `Fence` | copyset u64, volume u64, epoch u64 |
+//! | 0x05 | `WriteV` | copyset u64, volume u64, epoch u64, chunk u64, count u32, count × (offset u32, len u32), the extents' data back to back (rest) |
 //! | 0x10 | `RaftBatch` | from u64, count u32, count × (copyset u64, len u32, raft `Message` protobuf) |
 //! | 0x11 | `ReadLocal` | copyset u64, volume u64, chunk u64, offset u32, len u32 |
 //! | 0x12 | `ListChunks` | copyset u64 |
@@ -31,6 +32,7 @@ pub mod op {
     pub const WRITE: u8 = 0x02;
     pub const READ: u8 = 0x03;
     pub const FENCE: u8 = 0x04;
+    pub const WRITE_V: u8 = 0x05;
     pub const RAFT_BATCH: u8 = 0x10;
     pub const READ_LOCAL: u8 = 0x11;
     pub const LIST_CHUNKS: u8 = 0x12;
@@ -42,6 +44,8 @@ pub mod op {
 
 /// Largest number of raft messages in one batch frame.
 pub const MAX_RAFT_BATCH: usize = 4096;
+/// Largest number of extents in one `WriteV`.
+pub const MAX_WRITE_EXTENTS: usize = 64;
 /// Largest number of entries in a `Chunks` response.
 pub const MAX_CHUNK_LIST: usize = 1 << 20;
 
@@ -60,6 +64,19 @@ pub enum Request {
         chunk: u64,
         offset: u32,
         data: Bytes,
+    },
+    /// Several writes into one chunk as one replicated command: one raft
+    /// entry, one answer, applied all or nothing. The fs commits a journal
+    /// header and its ring copy this way (two writes to chunk 0, one round
+    /// trip and one entry instead of two). At most [`MAX_WRITE_EXTENTS`]
+    /// extents of [`MAX_IO_LEN`] bytes in total; each must stay inside the
+    /// chunk (empty ones are ignored).
+    WriteV {
+        copyset: CopysetId,
+        volume: VolumeId,
+        epoch: Epoch,
+        chunk: u64,
+        extents: Vec<(u32, Bytes)>,
     },
     /// Linearizable read, served by the leader. Never-written bytes read as
     /// zeros.
@@ -164,6 +181,52 @@ impl Reader {
     }
 }
 
+/// Appends `count u32 | count × (offset u32, len u32) | the data back to
+/// back`: the tail of a `WriteV` request, and of the chunkserver's `WriteV`
+/// raft entry.
+pub fn put_extents(b: &mut impl BufMut, extents: &[(u32, Bytes)]) {
+    b.put_u32_le(extents.len() as u32);
+    for (off, d) in extents {
+        b.put_u32_le(*off);
+        b.put_u32_le(d.len() as u32);
+    }
+    for (_, d) in extents {
+        b.put_slice(d);
+    }
+}
+
+/// Decodes what [`put_extents`] wrote; it must be all of `body`. The count
+/// (`1..=MAX_WRITE_EXTENTS`) and the summed lengths (`<= MAX_IO_LEN`) are
+/// checked before any data is sliced, so a lying header allocates nothing.
+///
+/// # Errors
+/// A count or total out of range, truncated or trailing bytes.
+pub fn take_extents(body: Bytes) -> Result<Vec<(u32, Bytes)>, ProtoError> {
+    let mut r = Reader { body };
+    let count = r.u32("writev count")? as usize;
+    if count == 0 || count > MAX_WRITE_EXTENTS {
+        return Err(ProtoError::Invalid {
+            what: "writev extent count",
+            detail: format!("{count} is not in 1..={MAX_WRITE_EXTENTS}"),
+        });
+    }
+    let mut lens = Vec::with_capacity(count);
+    let mut total = 0usize;
+    for _ in 0..count {
+        let off = r.u32("writev extent offset")?;
+        let len = r.u32("writev extent length")? as usize;
+        total = total.saturating_add(len);
+        lens.push((off, len));
+    }
+    check_io_len(total)?;
+    let mut extents = Vec::with_capacity(count);
+    for (off, len) in lens {
+        extents.push((off, r.bytes("writev extent data", len)?));
+    }
+    r.finish()?;
+    Ok(extents)
+}
+
 fn check_io_len(len: usize) -> Result<(), ProtoError> {
     if len > MAX_IO_LEN {
         return Err(ProtoError::Invalid {
@@ -196,6 +259,22 @@ impl Request {
                 b.put_u32_le(*offset);
                 b.extend_from_slice(data);
                 op::WRITE
+            }
+            Request::WriteV {
+                copyset,
+                volume,
+                epoch,
+                chunk,
+                extents,
+            } => {
+                let data_len: usize = extents.iter().map(|(_, d)| d.len()).sum();
+                b.reserve(36 + 8 * extents.len() + data_len);
+                b.put_u64_le(*copyset);
+                b.put_u64_le(*volume);
+                b.put_u64_le(*epoch);
+                b.put_u64_le(*chunk);
+                put_extents(&mut b, extents);
+                op::WRITE_V
             }
             Request::Read {
                 copyset,
@@ -277,6 +356,20 @@ impl Request {
                     chunk,
                     offset,
                     data,
+                }
+            }
+            op::WRITE_V => {
+                let copyset = r.u64("writev copyset")?;
+                let volume = r.u64("writev volume")?;
+                let epoch = r.u64("writev epoch")?;
+                let chunk = r.u64("writev chunk")?;
+                let extents = take_extents(r.rest())?;
+                Request::WriteV {
+                    copyset,
+                    volume,
+                    epoch,
+                    chunk,
+                    extents,
                 }
             }
             op::READ | op::READ_LOCAL => {
@@ -420,6 +513,16 @@ mod tests {
                 offset: 5,
                 data: Bytes::from_static(b"abc"),
             },
+            Request::WriteV {
+                copyset: 1,
+                volume: 2,
+                epoch: 3,
+                chunk: 4,
+                extents: vec![
+                    (4096, Bytes::from_static(b"hdr")),
+                    (0, Bytes::from_static(b"ring")),
+                ],
+            },
             Request::Read {
                 copyset: 1,
                 volume: 2,
@@ -505,6 +608,37 @@ mod tests {
             body: b.freeze(),
         };
         assert!(Request::from_frame(f).is_err());
+        // WriteV: no extents, too many, or lengths summing past the limit.
+        let writev = |count: u32, lens: &[u32]| {
+            let mut b = BytesMut::new();
+            for v in [1u64, 2, 3, 4] {
+                b.put_u64_le(v);
+            }
+            b.put_u32_le(count);
+            for l in lens {
+                b.put_u32_le(0);
+                b.put_u32_le(*l);
+            }
+            Request::from_frame(Frame {
+                op: op::WRITE_V,
+                id: 1,
+                body: b.freeze(),
+            })
+        };
+        assert!(matches!(writev(0, &[]), Err(ProtoError::Invalid { .. })));
+        assert!(matches!(
+            writev((MAX_WRITE_EXTENTS + 1) as u32, &[]),
+            Err(ProtoError::Invalid { .. })
+        ));
+        assert!(matches!(
+            writev(2, &[u32::MAX, u32::MAX]),
+            Err(ProtoError::Invalid { .. })
+        ));
+        // A length the body does not have is truncation, not a huge alloc.
+        assert!(matches!(
+            writev(1, &[4096]),
+            Err(ProtoError::Truncated { .. })
+        ));
         let f = Frame {
             op: 0x55,
             id: 0,

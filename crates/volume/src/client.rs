@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use pikafs_proto::ctrlpb::ctrl_client::CtrlClient;
 use pikafs_proto::ctrlpb::{VolumeInfo, VolumeName};
+use pikafs_proto::msg::MAX_WRITE_EXTENTS;
 use pikafs_proto::{
-    CopysetId, Epoch, ErrorCode, Request, Response, ServerId, VolumeId, CHUNK_SIZE,
+    CopysetId, Epoch, ErrorCode, Request, Response, ServerId, VolumeId, CHUNK_SIZE, MAX_IO_LEN,
 };
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, debug_span, Instrument};
@@ -399,19 +400,46 @@ impl VolumeClient {
                 pieces.push((p, buf.slice(p.buf_offset..p.buf_offset + p.len)));
             }
         }
-        // Group by the member each piece would go to first: (address,
-        // (piece, copyset) per request, requests).
-        type Burst = (String, Vec<(usize, CopysetId)>, Vec<Request>);
+        // The pieces of one chunk go as one `WriteV` (one raft entry, one
+        // answer: the fs's journal header and ring copy share chunk 0),
+        // within the extent and size limits of one request.
+        let mut by_chunk: Vec<(u64, Vec<usize>, usize)> = Vec::new();
+        for (i, (p, _)) in pieces.iter().enumerate() {
+            match by_chunk.iter_mut().find(|(chunk, idx, bytes)| {
+                *chunk == p.chunk && idx.len() < MAX_WRITE_EXTENTS && bytes + p.len <= MAX_IO_LEN
+            }) {
+                Some((_, idx, bytes)) => {
+                    idx.push(i);
+                    *bytes += p.len;
+                }
+                None => by_chunk.push((p.chunk, vec![i], p.len)),
+            }
+        }
+        // Then by the member each request would go to first: (address,
+        // (pieces, copyset) per request, requests).
+        type Burst = (String, Vec<(Vec<usize>, CopysetId)>, Vec<Request>);
         let mut bursts: Vec<Burst> = Vec::new();
-        for (i, (p, data)) in pieces.iter().enumerate() {
-            let (copyset, _, addr, _) = self.pick(Target::Chunk(p.chunk), None);
-            let req = self.write_request(copyset, p, data.clone());
+        for (chunk, idx, _) in by_chunk {
+            let (copyset, _, addr, _) = self.pick(Target::Chunk(chunk), None);
+            let req = match idx.as_slice() {
+                [i] => self.write_request(copyset, &pieces[*i].0, pieces[*i].1.clone()),
+                _ => Request::WriteV {
+                    copyset,
+                    volume,
+                    epoch: self.inner.epoch,
+                    chunk,
+                    extents: idx
+                        .iter()
+                        .map(|&i| (pieces[i].0.chunk_offset, pieces[i].1.clone()))
+                        .collect(),
+                },
+            };
             match bursts.iter_mut().find(|b| b.0 == addr) {
                 Some(b) => {
-                    b.1.push((i, copyset));
+                    b.1.push((idx, copyset));
                     b.2.push(req);
                 }
-                None => bursts.push((addr, vec![(i, copyset)], vec![req])),
+                None => bursts.push((addr, vec![(idx, copyset)], vec![req])),
             }
         }
         let timeout = self.inner.opts.request_timeout;
@@ -420,14 +448,16 @@ impl VolumeClient {
                 Ok(conn) => conn.call_many(reqs, timeout).await,
                 Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
             };
-            idx.iter().copied().zip(results).collect::<Vec<_>>()
+            idx.iter().cloned().zip(results).collect::<Vec<_>>()
         }))
         .instrument(debug_span!("volume_write_many", volume, n = pieces.len()))
         .await;
         // Anything but a plain Ok (an error answer, a lost connection) goes
         // through the full retry policy; writes are idempotent.
+        // A failed `WriteV` is retried piece by piece: writes are idempotent
+        // and the caller was promised durability, not atomicity.
         let mut again = Vec::new();
-        for ((i, copyset), r) in firsts.into_iter().flatten() {
+        for ((idx, copyset), r) in firsts.into_iter().flatten() {
             match r {
                 Ok(Response::Ok) => {}
                 Ok(Response::Error {
@@ -438,9 +468,9 @@ impl VolumeClient {
                     if aux != 0 && self.is_member(copyset, aux) {
                         self.set_leader(copyset, aux);
                     }
-                    again.push(i);
+                    again.extend(idx);
                 }
-                _ => again.push(i),
+                _ => again.extend(idx),
             }
         }
         futures::future::try_join_all(
@@ -810,11 +840,12 @@ mod tests {
             .await
             .unwrap();
         let seen = log.lock().unwrap().clone();
+        let requests = |server: ServerId| seen.iter().filter(|(id, _)| *id == server).count();
         let writes = |server: ServerId| {
             let mut v: Vec<(u64, u32, Vec<u8>)> = seen
                 .iter()
                 .filter(|(id, _)| *id == server)
-                .map(|(_, r)| match r {
+                .flat_map(|(_, r)| match r {
                     Request::Write {
                         chunk,
                         offset,
@@ -823,7 +854,19 @@ mod tests {
                         ..
                     } => {
                         assert_eq!(*epoch, 3);
-                        (*chunk, *offset, data.to_vec())
+                        vec![(*chunk, *offset, data.to_vec())]
+                    }
+                    Request::WriteV {
+                        chunk,
+                        extents,
+                        epoch,
+                        ..
+                    } => {
+                        assert_eq!(*epoch, 3);
+                        extents
+                            .iter()
+                            .map(|(off, d)| (*chunk, *off, d.to_vec()))
+                            .collect()
                     }
                     other => panic!("unexpected {other:?}"),
                 })
@@ -837,9 +880,13 @@ mod tests {
             (0, (CHUNK_SIZE - 4) as u32, vec![7; 4]),
             (1, 0, vec![7; 6]),
         ];
-        // Every piece went to the follower first, then once to the leader.
+        // Every piece went to the follower first, then once to the leader:
+        // first the three pieces of chunk 0 as one WriteV and chunk 1's
+        // alone, then the refused WriteV retried piece by piece.
         assert_eq!(writes(1), want);
+        assert_eq!(requests(1), 2, "{seen:?}");
         assert_eq!(writes(2), want);
+        assert_eq!(requests(2), 4, "{seen:?}");
     }
 
     #[tokio::test]
@@ -878,7 +925,8 @@ mod tests {
         let header = vec![1u8; 4096];
         let ring = vec![2u8; 8192];
         for _ in 0..5 {
-            c.write_many(&[(4096, &header), (16384, &ring)])
+            // Header and ring in chunk 0 (one WriteV), data in chunk 1.
+            c.write_many(&[(4096, &header), (16384, &ring), (CHUNK_SIZE, &ring)])
                 .await
                 .unwrap();
         }
