@@ -1142,6 +1142,38 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+/// `n` appends of `block` + fdatasync into a new file preallocated with
+/// `FALLOC_FL_KEEP_SIZE` (RocksDB's WAL pattern); the latency of each.
+fn local_appends(path: &Path, n: usize, block: &[u8]) -> anyhow::Result<Vec<Duration>> {
+    use std::os::unix::io::AsRawFd;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    // SAFETY: fallocate(2) on a file descriptor we own.
+    unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            ((n + 16) * block.len()) as libc::off_t,
+        )
+    };
+    f.sync_all()
+        .with_context(|| format!("sync {}", path.display()))?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(block).context("local append")?;
+        f.sync_data().context("local fdatasync")?;
+        lat.push(t.elapsed());
+    }
+    Ok(lat)
+}
+
 fn bench(tools: &Tools, a: &BenchArgs) -> anyhow::Result<()> {
     let n = a.ops.max(10);
     std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
@@ -1155,7 +1187,6 @@ fn bench(tools: &Tools, a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn bench_inner(tools: &Tools, a: &BenchArgs, n: usize, local: &Path) -> anyhow::Result<()> {
-    use std::os::unix::io::AsRawFd;
     let rw = tools.mount(&a.volume, Mode::Rw)?;
     let fs = rw.fs();
     let dir = format!("/pikafs-bench-{}", std::process::id());
@@ -1181,32 +1212,7 @@ fn bench_inner(tools: &Tools, a: &BenchArgs, n: usize, local: &Path) -> anyhow::
     drop(f);
     let (p50, p99) = summary(lat);
 
-    let lwal = local.join("wal");
-    let lf = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&lwal)
-        .with_context(|| format!("create {}", lwal.display()))?;
-    // SAFETY: fallocate(2) on a file descriptor we own.
-    unsafe {
-        libc::fallocate(
-            lf.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            ((n + 16) * 4096) as libc::off_t,
-        )
-    };
-    lf.sync_all().context("sync local wal")?;
-    let mut lf = lf;
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        lf.write_all(&block).context("local append")?;
-        lf.sync_data().context("local fdatasync")?;
-        lat.push(t.elapsed());
-    }
+    let lat = local_appends(&local.join("wal"), n, &block)?;
     let (l50, l99) = summary(lat);
     println!(
         "append 4KiB + fsync   pikafs p50 {} p99 {} | local p50 {} p99 {} | ratio p50 {:.2}x",
@@ -1215,6 +1221,30 @@ fn bench_inner(tools: &Tools, a: &BenchArgs, n: usize, local: &Path) -> anyhow::
         us(l50),
         us(l99),
         p50.as_secs_f64() / l50.as_secs_f64().max(1e-9)
+    );
+    // Context, not the target: three replicas on one disk flush at once.
+    // Three local writers doing the same appends concurrently show what that
+    // costs here before any software runs (on separate hosts it is zero).
+    let three = std::thread::scope(|sc| {
+        let jobs: Vec<_> = (0..3)
+            .map(|i| {
+                let (path, block) = (local.join(format!("wal{i}")), &block);
+                sc.spawn(move || local_appends(&path, n, block))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .map_err(|_| anyhow::anyhow!("local writer panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let (t50, t99) = summary(three.into_iter().flatten().collect());
+    println!(
+        "  (3 local writers at once, one disk: p50 {} p99 {}; pikafs / that p50 {:.2}x)",
+        us(t50),
+        us(t99),
+        p50.as_secs_f64() / t50.as_secs_f64().max(1e-9)
     );
 
     // 2. create + write 4 KiB + fsync + close.
