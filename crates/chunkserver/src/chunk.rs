@@ -106,7 +106,7 @@ fn sector_ok(crc: u32, data: &[u8]) -> bool {
     real == crc || (crc == 0 && data.iter().all(|&b| b == 0))
 }
 
-fn check_range(offset: u64, len: u64) -> Result<(), ChunkError> {
+pub(crate) fn check_range(offset: u64, len: u64) -> Result<(), ChunkError> {
     if offset.checked_add(len).is_none_or(|end| end > CHUNK_SIZE) {
         return Err(ChunkError::OutOfRange { offset, len });
     }

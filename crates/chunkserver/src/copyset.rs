@@ -511,7 +511,7 @@ impl Group {
         }
         if extents
             .iter()
-            .any(|(off, d)| *off as u64 + d.len() as u64 > pikafs_proto::CHUNK_SIZE)
+            .any(|(off, d)| crate::chunk::check_range(*off as u64, d.len() as u64).is_err())
         {
             return Ok(Response::error(
                 ErrorCode::OutOfRange,

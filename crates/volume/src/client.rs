@@ -453,9 +453,9 @@ impl VolumeClient {
         .instrument(debug_span!("volume_write_many", volume, n = pieces.len()))
         .await;
         // Anything but a plain Ok (an error answer, a lost connection) goes
-        // through the full retry policy; writes are idempotent.
-        // A failed `WriteV` is retried piece by piece: writes are idempotent
-        // and the caller was promised durability, not atomicity.
+        // through the full retry policy, a `WriteV` piece by piece: writes
+        // are idempotent, and the caller was promised durability, not
+        // atomicity.
         let mut again = Vec::new();
         for ((idx, copyset), r) in firsts.into_iter().flatten() {
             match r {

@@ -45,20 +45,23 @@ async fn malformed_frames_close_only_that_connection() {
             v.extend_from_slice(&[1, 2, 3, 4]);
             v
         }),
-        ("writev whose extent lengths pass the io limit", {
-            let mut body = vec![0x05];
-            body.extend_from_slice(&[0u8; 32]); // copyset, volume, epoch, chunk
-            body.extend_from_slice(&2u32.to_le_bytes());
-            for _ in 0..2 {
-                body.extend_from_slice(&0u32.to_le_bytes());
-                body.extend_from_slice(&u32::MAX.to_le_bytes());
-            }
-            let mut v = (body.len() as u32 + 8).to_le_bytes().to_vec();
-            v.push(body[0]);
-            v.extend_from_slice(&7u64.to_le_bytes());
-            v.extend_from_slice(&body[1..]);
-            v
-        }),
+        (
+            "writev whose extent lengths lie (past the io limit, past the body)",
+            {
+                let mut body = vec![0x05];
+                body.extend_from_slice(&[0u8; 32]); // copyset, volume, epoch, chunk
+                body.extend_from_slice(&2u32.to_le_bytes());
+                for _ in 0..2 {
+                    body.extend_from_slice(&0u32.to_le_bytes());
+                    body.extend_from_slice(&u32::MAX.to_le_bytes());
+                }
+                let mut v = (body.len() as u32 + 8).to_le_bytes().to_vec();
+                v.push(body[0]);
+                v.extend_from_slice(&7u64.to_le_bytes());
+                v.extend_from_slice(&body[1..]);
+                v
+            },
+        ),
     ];
     for (what, bytes) in cases {
         let mut c = RawConn::connect(&addr).await.unwrap();
